@@ -1,0 +1,319 @@
+"""The ArcAD composite (eq. 10): SPM + DGC + focal discriminator behind one call."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor, nn
+
+from ._validation import check_dim
+from .calibration import DefectGuidedLoss
+from .discriminator import FocalDiscriminator
+from .distributed import all_reduce_sum, global_means
+from .functional.calibration import defect_guided_loss
+from .functional.focal import binary_focal_loss_with_logits
+from .layout import features_to_patches, image_labels, masks_to_patches
+from .presets import ArcADPreset, get_preset
+from .prototypes import SinkhornPrototypes
+from .synthesis import HypersphereAnomalySynthesizer
+
+__all__ = ["ArcAD", "ArcADOutput", "ArcADScores"]
+
+
+class ArcADOutput(NamedTuple):
+    """Result of :meth:`ArcAD.forward`.
+
+    Attributes:
+        loss: ``lambda_spm * spm + lambda_dgc * dgc + lambda_cls * cls`` (eq. 10 without L_recon).
+        spm: L_spm, eq. 4.
+        dgc: L_dgc, eq. 8 (0 when the batch has no anomalous patch).
+        cls: L_cls, eq. 9.
+        stats: detached diagnostics: ``num_normal`` and ``num_anomalous`` patches, ``prototype_usage`` (K,)
+            hard assignments of the normal patches, ``discriminator_accuracy`` (3,) on normal, synthetic and
+            real anomalous patches, ``initialized``. Reading them synchronises; the loss path does not.
+    """
+
+    loss: Tensor
+    spm: Tensor
+    dgc: Tensor
+    cls: Tensor
+    stats: dict[str, Tensor]
+
+
+class ArcADScores(NamedTuple):
+    """Per-patch anomaly maps on the feature grid, from :meth:`ArcAD.score`.
+
+    Attributes:
+        prototype: (B, h, w) ``1 - max_k z . mu_k``, in [0, 2].
+        discriminator: (B, h, w) discriminator probability ``sigmoid(f_disc(z))``, in [0, 1].
+    """
+
+    prototype: Tensor
+    discriminator: Tensor
+
+
+class ArcAD(nn.Module):
+    """ArcAD's latent calibration for a reconstruction-based detector, in one module.
+
+    Add ``arcad(z, masks=masks, labels=labels).loss`` to the reconstruction loss (computed on the normal images
+    only) and give ``arcad.parameters()`` (the discriminator) to the optimiser. ``z`` is the bottleneck output
+    for the whole batch, normal and defective images together.
+
+    Normal patches are all patches of label-0 images; real anomalies (eq. 7) are the patches of label-1 images
+    whose defect fraction exceeds ``mask_threshold``. Every term is computed over all patches with 0/1 weights
+    rather than by boolean selection, so shapes are static and no step waits on the device.
+
+    Args:
+        dim: feature dimension D of the bottleneck output.
+        num_prototypes: K (paper 500; the released code uses 800 for MVTec AD and MANTA).
+        preset: ``"paper"`` or ``"official"`` (the released code's behaviour at each point where it departs from
+            the paper; see :mod:`torch_arcad.presets`).
+        lambda_spm, lambda_dgc, lambda_cls: lambda_1..3 of eq. 10.
+        prefix_tokens: leading non-patch tokens of a (B, N, D) input (Dinomaly: 5 = CLS + 4 registers).
+        mask_threshold: defect fraction above which a patch is anomalous (0.0: any defect pixel).
+        hidden_dim: discriminator width (default D / 1.5).
+        temperature, epsilon, sinkhorn_iterations, momentum, sigma, num_candidates, clamp_push, cls_anomalies,
+        cls_weighting, discriminator_norm, alpha, gamma: override single preset settings (``None`` keeps the
+            preset's value); see :class:`~torch_arcad.presets.ArcADPreset`.
+        detach_synthetic: pseudo-anomalies without gradient to the bottleneck (default False, as released).
+        init_factor: the prototypes initialise from the first ``init_factor * K`` normal patches.
+        seed: seed of the prototype initialisation.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_prototypes: int = 500,
+        *,
+        preset: str = "paper",
+        lambda_spm: float = 0.1,
+        lambda_dgc: float = 0.1,
+        lambda_cls: float = 0.1,
+        prefix_tokens: int = 0,
+        mask_threshold: float = 0.0,
+        hidden_dim: int | None = None,
+        temperature: float | None = None,
+        epsilon: float | None = None,
+        sinkhorn_iterations: int | None = None,
+        momentum: float | None = None,
+        sigma: float | None = None,
+        num_candidates: int | None = None,
+        clamp_push: bool | None = None,
+        cls_anomalies: str | None = None,
+        cls_weighting: str | None = None,
+        discriminator_norm: str | None = None,
+        alpha: float | None = None,
+        gamma: float | None = None,
+        detach_synthetic: bool = False,
+        init_factor: float = 4.0,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        config = get_preset(
+            preset,
+            temperature=temperature,
+            epsilon=epsilon,
+            sinkhorn_iterations=sinkhorn_iterations,
+            momentum=momentum,
+            sigma=sigma,
+            num_candidates=num_candidates,
+            clamp_push=clamp_push,
+            cls_anomalies=cls_anomalies,
+            cls_weighting=cls_weighting,
+            discriminator_norm=discriminator_norm,
+            alpha=alpha,
+            gamma=gamma,
+        )
+        if config.cls_anomalies not in ("masked", "image"):
+            raise ValueError(f"cls_anomalies must be one of ('masked', 'image'), got {config.cls_anomalies!r}")
+        if prefix_tokens < 0:
+            raise ValueError(f"prefix_tokens must be >= 0, got {prefix_tokens}")
+        if not 0.0 <= mask_threshold < 1.0:
+            raise ValueError(f"mask_threshold must be in [0, 1), got {mask_threshold}")
+        self.dim = dim
+        self.preset = preset
+        self.config: ArcADPreset = config
+        self.lambda_spm = lambda_spm
+        self.lambda_dgc = lambda_dgc
+        self.lambda_cls = lambda_cls
+        self.prefix_tokens = prefix_tokens
+        self.mask_threshold = mask_threshold
+        self.prototypes = SinkhornPrototypes(
+            dim,
+            num_prototypes,
+            temperature=config.temperature,
+            epsilon=config.epsilon,
+            sinkhorn_iterations=config.sinkhorn_iterations,
+            momentum=config.momentum,
+            init_factor=init_factor,
+            seed=seed,
+        )
+        self.synthesizer = HypersphereAnomalySynthesizer(
+            config.sigma, config.num_candidates, detach=detach_synthetic
+        )
+        self.calibration = DefectGuidedLoss(clamp_push=config.clamp_push)
+        self.discriminator = FocalDiscriminator(
+            dim,
+            hidden_dim,
+            alpha=config.alpha,
+            gamma=config.gamma,
+            norm=config.discriminator_norm,
+            weighting=config.cls_weighting,
+        )
+
+    def extra_repr(self) -> str:
+        return (
+            f"preset={self.preset!r}, lambda_spm={self.lambda_spm}, lambda_dgc={self.lambda_dgc}, "
+            f"lambda_cls={self.lambda_cls}, prefix_tokens={self.prefix_tokens}, mask_threshold={self.mask_threshold}"
+        )
+
+    @property
+    def initialized(self) -> bool:
+        """Whether the prototypes are initialised (until then every term is zero)."""
+        return self.prototypes.is_ready
+
+    def _patches(self, features: Tensor) -> tuple[Tensor, tuple[int, int]]:
+        patches, grid = features_to_patches(features, self.prefix_tokens)
+        check_dim("features", patches, 2, self.dim, f"(B, N, D={self.dim}) or (B, D={self.dim}, H, W)")
+        return patches, grid
+
+    def forward(
+        self,
+        features: Tensor,
+        *,
+        masks: Tensor | None = None,
+        labels: Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> ArcADOutput:
+        """The three ArcAD terms on one batch.
+
+        Args:
+            features: bottleneck output for the whole batch: (B, N, D) tokens (the first ``prefix_tokens`` are
+                dropped, the rest form a square grid) or (B, D, H, W) maps.
+            masks: ground-truth masks at image resolution, (B, H, W) or (B, 1, H, W); None when the batch has no
+                defective image.
+            labels: (B,) image labels, non-zero for defective images; derived from ``masks`` when absent.
+            generator: optional random generator for the synthesis noise.
+
+        Returns:
+            :class:`ArcADOutput`.
+        """
+        patches, grid = self._patches(features)
+        batch, num_patches, _ = patches.shape
+        anomalous = masks_to_patches(masks, batch, grid, self.mask_threshold) if masks is not None else None
+        defective = image_labels(labels, anomalous, batch, patches.device)
+        if anomalous is None:
+            anomalous = torch.zeros(batch, num_patches, dtype=torch.bool, device=patches.device)
+
+        z = rearrange(F.normalize(patches.float(), dim=-1), "b n d -> (b n) d")
+        normal = rearrange(~defective, "b -> b 1").expand(batch, num_patches).reshape(-1)
+        real = (anomalous & rearrange(defective, "b -> b 1")).reshape(-1)
+        if self.config.cls_anomalies == "image":
+            cls_real = rearrange(defective, "b -> b 1").expand(batch, num_patches).reshape(-1)
+        else:
+            cls_real = real
+
+        spm = self.prototypes(z, mask=normal)
+        if not self.prototypes.is_ready:
+            zero = z.sum() * 0.0
+            stats = {"initialized": torch.zeros((), dtype=torch.bool, device=z.device)}
+            return ArcADOutput(zero, zero, zero, zero, stats)
+        mu = spm.prototypes
+        w_normal, w_real, w_cls_real = normal.float(), real.float(), cls_real.float()
+
+        # Eq. 5-6: one pseudo-anomaly per patch; only those of normal patches count (weights).
+        synthetic = self.synthesizer(z, mu, generator=generator)
+
+        # Eq. 8: the mean of the (detached) pseudo-anomalies is a global statistic under DDP.
+        syn_stats = torch.cat([(w_normal.unsqueeze(1) * synthetic.detach()).sum(0), w_normal.sum().unsqueeze(0)])
+        if self.prototypes._distributed():
+            syn_stats = all_reduce_sum(syn_stats.clone())
+        syn_mean = syn_stats[:-1] / syn_stats[-1].clamp_min(1)
+        dgc_sum = defect_guided_loss(
+            z,
+            mu,
+            syn_mean.unsqueeze(0),
+            anomaly_weight=w_real,
+            clamp_push=self.calibration.clamp_push,
+            similarities=spm.similarities,
+            reduction="sum",
+        )
+
+        # Eq. 9: the patches pass once (target 1 where anomalous), the pseudo-anomalies once (target 1).
+        logits = self.discriminator(torch.cat([z, synthetic]))
+        logits_z, logits_syn = logits.split(z.shape[0])
+        focal = binary_focal_loss_with_logits(
+            logits, torch.cat([w_cls_real, torch.ones_like(w_normal)]), self.config.alpha, self.config.gamma,
+            reduction="none",
+        )
+        focal_z, focal_syn = focal.split(z.shape[0])
+        group_sums = torch.stack([(focal_z * w_normal).sum(), (focal_syn * w_normal).sum(), (focal_z * w_cls_real).sum()])
+        group_counts = torch.stack([w_normal.sum(), w_normal.sum(), w_cls_real.sum()])
+        if self.config.cls_weighting == "union":
+            cls_sums, cls_counts = group_sums.sum().unsqueeze(0), group_counts.sum().unsqueeze(0)
+            coefficients = torch.ones(1, device=z.device)
+        else:
+            cls_sums, cls_counts = group_sums, group_counts
+            coefficients = torch.tensor([0.5, 0.5, 1.0], device=z.device)
+
+        sums = torch.cat([dgc_sum.unsqueeze(0), cls_sums])
+        counts = torch.cat([w_real.sum().unsqueeze(0), cls_counts])
+        if self.prototypes._distributed():
+            means = global_means(sums, counts)
+        else:
+            means = sums / counts.clamp_min(1)
+        dgc = means[0]
+        cls = (coefficients * means[1:]).sum()
+        loss = self.lambda_spm * spm.loss + self.lambda_dgc * dgc + self.lambda_cls * cls
+
+        with torch.no_grad():
+            nearest = spm.similarities.argmax(dim=1)
+            usage = torch.zeros(mu.shape[0], device=z.device).index_add_(0, nearest, w_normal)
+            correct_z = ((logits_z > 0).float() == w_cls_real).float()
+            correct_syn = (logits_syn > 0).float()
+            accuracy = torch.stack(
+                [
+                    (correct_z * w_normal).sum() / w_normal.sum().clamp_min(1),
+                    (correct_syn * w_normal).sum() / w_normal.sum().clamp_min(1),
+                    (correct_z * w_cls_real).sum() / w_cls_real.sum().clamp_min(1),
+                ]
+            )
+            stats = {
+                "initialized": torch.ones((), dtype=torch.bool, device=z.device),
+                "num_normal": w_normal.sum(),
+                "num_anomalous": w_real.sum(),
+                "prototype_usage": usage,
+                "discriminator_accuracy": accuracy,
+            }
+        return ArcADOutput(loss, spm.loss, dgc, cls, stats)
+
+    @torch.no_grad()
+    def score(self, features: Tensor) -> ArcADScores:
+        """Anomaly maps from the calibrated latent space, for inference.
+
+        Both maps come from one pass over the features, without gradient and without touching any state.
+
+        Args:
+            features: any layout :meth:`forward` accepts.
+
+        Returns:
+            :class:`ArcADScores` with (B, h, w) maps on the feature grid: prototype distance
+            ``1 - max_k z . mu_k`` and discriminator probability.
+        """
+        patches, (h, w) = self._patches(features)
+        with torch.autocast(device_type=patches.device.type, enabled=False):
+            z = F.normalize(patches.float(), dim=-1)
+            distance = 1 - (z @ self.prototypes.prototypes.t()).amax(dim=-1)
+        was_training = self.discriminator.training
+        self.discriminator.eval()
+        try:
+            probability = torch.sigmoid(self.discriminator(rearrange(z, "b n d -> (b n) d")).float())
+        finally:
+            self.discriminator.train(was_training)
+        return ArcADScores(
+            rearrange(distance, "b (h w) -> b h w", h=h, w=w),
+            rearrange(probability, "(b h w) -> b h w", h=h, w=w),
+        )

@@ -1,0 +1,145 @@
+"""Focal discriminator (section 3.4, eq. 9)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from ._validation import check_choice, check_dim, check_rank
+from .functional.focal import binary_focal_loss_with_logits
+
+__all__ = ["FocalDiscriminator"]
+
+#: Hidden width of the released code's discriminator relative to D (Linear(D, D / 1.5)).
+_HIDDEN_RATIO = 1.5
+_NEGATIVE_SLOPE = 0.2
+
+
+class FocalDiscriminator(nn.Module):
+    """Two-layer MLP giving one logit per feature, trained with the binary focal loss of eq. 9.
+
+    ``Linear(D, H) -> [BatchNorm1d(H)] -> LeakyReLU(0.2) -> Linear(H, 1, bias=False)``, with H = D / 1.5 by
+    default (the released code's widths). Batch normalisation is the released code's choice (``norm="batch"``);
+    ``norm="none"`` gives the plain 2-layer MLP of the paper, which needs no synchronised statistics under DDP.
+
+    Args:
+        dim: feature dimension D.
+        hidden_dim: H (default ``int(D / 1.5)``).
+        alpha: focal weight of the positives (anomalies).
+        gamma: focal exponent.
+        norm: ``"none"`` or ``"batch"``.
+        weighting: how eq. 9's expectation is taken: ``"union"`` (the paper: one mean over normal, synthetic and
+            real features together) or ``"balanced"`` (the released code: 0.5 (FL_normal + FL_synthetic) +
+            FL_real, each a mean).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        hidden_dim: int | None = None,
+        *,
+        alpha: float = 0.75,
+        gamma: float = 2.0,
+        norm: str = "none",
+        weighting: str = "union",
+    ) -> None:
+        super().__init__()
+        check_choice("norm", norm, ("none", "batch"))
+        check_choice("weighting", weighting, ("union", "balanced"))
+        if dim < 1:
+            raise ValueError(f"dim must be >= 1, got {dim}")
+        hidden = hidden_dim if hidden_dim is not None else max(1, int(dim / _HIDDEN_RATIO))
+        self.dim = dim
+        self.alpha = alpha
+        self.gamma = gamma
+        self.weighting = weighting
+        layers: list[nn.Module] = [nn.Linear(dim, hidden)]
+        if norm == "batch":
+            layers.append(nn.BatchNorm1d(hidden))
+        layers += [nn.LeakyReLU(_NEGATIVE_SLOPE), nn.Linear(hidden, 1, bias=False)]
+        self.net = nn.Sequential(*layers)
+
+    def extra_repr(self) -> str:
+        return f"alpha={self.alpha}, gamma={self.gamma}, weighting={self.weighting!r}"
+
+    def forward(self, x: Tensor) -> Tensor:
+        """One anomaly logit per row.
+
+        Args:
+            x: (N, D) features.
+
+        Returns:
+            (N,) logits (positive = anomalous).
+        """
+        check_rank("x", x, 2, "(N, D)")
+        check_dim("x", x, 1, self.dim, "(N, D)")
+        return self.net(x).squeeze(1)
+
+    def loss_terms(
+        self,
+        normal: Tensor,
+        synthetic: Tensor,
+        anomalies: Tensor,
+        *,
+        normal_weight: Tensor | None = None,
+        synthetic_weight: Tensor | None = None,
+        anomaly_weight: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """Per-group focal sums and counts, for callers that normalise globally (e.g. under DDP).
+
+        The three groups go through the MLP in one batch (one set of batch-norm statistics).
+
+        Returns:
+            ``(sums, counts)``, each (3,) float32: normal, synthetic, anomalies.
+        """
+        groups = (normal, synthetic, anomalies)
+        weights = (normal_weight, synthetic_weight, anomaly_weight)
+        for name, x in zip(("normal", "synthetic", "anomalies"), groups):
+            check_rank(name, x, 2, "(N, D)")
+            check_dim(name, x, 1, self.dim, "(N, D)")
+        logits = self(torch.cat(groups)).split([g.shape[0] for g in groups])
+        sums, counts = [], []
+        for logit, target, weight in zip(logits, (0.0, 1.0, 1.0), weights):
+            per_row = binary_focal_loss_with_logits(
+                logit, torch.full_like(logit, target), self.alpha, self.gamma, reduction="none", weight=weight
+            )
+            sums.append(per_row.sum())
+            counts.append(weight.float().sum() if weight is not None else per_row.new_tensor(float(logit.shape[0])))
+        return torch.stack(sums), torch.stack(counts)
+
+    def combine(self, means: Tensor, counts: Tensor) -> Tensor:
+        """Eq. 9 from per-group means (3,) and counts (3,), following ``weighting``."""
+        if self.weighting == "balanced":
+            return 0.5 * (means[0] + means[1]) + means[2]
+        return (means * counts).sum() / counts.sum().clamp_min(1)
+
+    def loss(
+        self,
+        normal: Tensor,
+        synthetic: Tensor,
+        anomalies: Tensor,
+        *,
+        normal_weight: Tensor | None = None,
+        synthetic_weight: Tensor | None = None,
+        anomaly_weight: Tensor | None = None,
+    ) -> Tensor:
+        """Eq. 9: focal loss with label 0 for normal features and 1 for synthetic and real anomalies.
+
+        Args:
+            normal: (N, D) normal features.
+            synthetic: (S, D) pseudo-anomalies.
+            anomalies: (M, D) real anomaly features (M may be 0).
+            normal_weight, synthetic_weight, anomaly_weight: optional per-row weights (masks) of each group.
+
+        Returns:
+            Scalar float32 loss.
+        """
+        sums, counts = self.loss_terms(
+            normal,
+            synthetic,
+            anomalies,
+            normal_weight=normal_weight,
+            synthetic_weight=synthetic_weight,
+            anomaly_weight=anomaly_weight,
+        )
+        return self.combine(sums / counts.clamp_min(1), counts)

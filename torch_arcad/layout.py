@@ -1,0 +1,96 @@
+"""From a bottleneck's output and image-resolution masks to per-patch features and patch labels."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor
+
+__all__ = ["features_to_patches", "masks_to_patches", "image_labels"]
+
+
+def features_to_patches(features: Tensor, prefix_tokens: int = 0) -> tuple[Tensor, tuple[int, int]]:
+    """Bring a bottleneck output to patch tokens on a grid.
+
+    Args:
+        features: (B, N, D) tokens, of which the first ``prefix_tokens`` (class and register tokens) are dropped
+            and the remaining N - prefix_tokens form a square grid in row-major order; or (B, D, H, W) maps.
+        prefix_tokens: number of leading non-patch tokens of a token input.
+
+    Returns:
+        ``(patches, (h, w))`` with patches (B, h * w, D) in row-major grid order.
+    """
+    if not isinstance(features, Tensor):
+        raise TypeError(f"features must be a torch.Tensor, got {type(features).__name__}")
+    if features.dim() == 4:
+        if prefix_tokens:
+            raise ValueError("prefix_tokens applies to (B, N, D) token inputs, not (B, D, H, W) feature maps")
+        h, w = features.shape[2:]
+        return rearrange(features, "b d h w -> b (h w) d"), (h, w)
+    if features.dim() == 3:
+        num_tokens = features.shape[1] - prefix_tokens
+        side = math.isqrt(max(num_tokens, 0))
+        if num_tokens <= 0 or side * side != num_tokens:
+            raise ValueError(
+                f"token features (B, N, D) must hold prefix_tokens={prefix_tokens} tokens followed by a square "
+                f"grid of patches, got N={features.shape[1]} ({num_tokens} patch tokens is not a square)"
+            )
+        return features[:, prefix_tokens:], (side, side)
+    raise ValueError(
+        f"features must have shape (B, N, D) (tokens) or (B, D, H, W) (maps), got shape {tuple(features.shape)}"
+    )
+
+
+def masks_to_patches(masks: Tensor, batch: int, grid: tuple[int, int], threshold: float = 0.0) -> Tensor:
+    """Down-sample ground-truth masks to the patch grid.
+
+    A patch is anomalous when the fraction of defect pixels under it exceeds ``threshold``; with 0.0 any defect
+    pixel suffices, which is the released code's adaptive max-pool. Floating masks are binarised at 0.5, integer
+    and boolean masks at non-zero (so 0/1, 0/255 and bool masks all work).
+
+    Args:
+        masks: (B, H, W) or (B, 1, H, W) at image resolution, H >= h and W >= w, with the grid's aspect ratio.
+        batch: expected B.
+        grid: (h, w) patch grid.
+        threshold: defect fraction in [0, 1).
+
+    Returns:
+        (B, h * w) boolean, row-major.
+    """
+    if not isinstance(masks, Tensor):
+        raise TypeError(f"masks must be a torch.Tensor, got {type(masks).__name__}")
+    if masks.dim() == 4 and masks.shape[1] == 1:
+        masks = masks[:, 0]
+    if masks.dim() != 3:
+        raise ValueError(f"masks must have shape (B, H, W) or (B, 1, H, W), got {tuple(masks.shape)}")
+    if masks.shape[0] != batch:
+        raise ValueError(f"masks must have batch size B={batch} like the features, got shape {tuple(masks.shape)}")
+    if not 0.0 <= threshold < 1.0:
+        raise ValueError(f"mask_threshold must be in [0, 1), got {threshold}")
+    h, w = grid
+    height, width = masks.shape[1:]
+    expected_height = width * h / w  # the grid's aspect ratio, tolerated to within one patch row
+    if height < h or width < w or abs(height - expected_height) >= height / h:
+        raise ValueError(
+            f"masks of spatial size ({height}, {width}) cannot be matched to the ({h}, {w}) patch grid: they must be "
+            "at least as large as the grid, with the same aspect ratio"
+        )
+    binary = masks > 0.5 if masks.is_floating_point() else masks != 0
+    fraction = F.adaptive_avg_pool2d(binary.unsqueeze(1).float(), (h, w))
+    return rearrange(fraction > threshold, "b 1 h w -> b (h w)")
+
+
+def image_labels(labels: Tensor | None, patch_anomalous: Tensor | None, batch: int, device: torch.device) -> Tensor:
+    """(B,) boolean image labels: the given ``labels`` (non-zero = defective), else whether a mask has a defect."""
+    if labels is None:
+        if patch_anomalous is None:
+            return torch.zeros(batch, dtype=torch.bool, device=device)
+        return patch_anomalous.any(dim=1)
+    if not isinstance(labels, Tensor):
+        raise TypeError(f"labels must be a torch.Tensor of shape (B,), got {type(labels).__name__}")
+    if labels.dim() != 1 or labels.shape[0] != batch:
+        raise ValueError(f"labels must have shape (B,) = ({batch},), got {tuple(labels.shape)}")
+    return (labels > 0.5 if labels.is_floating_point() else labels != 0).to(device)
