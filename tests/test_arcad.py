@@ -1,0 +1,288 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from torch_arcad import ArcAD
+from torch_arcad.functional import sinkhorn_knopp
+
+DIM, K, GRID, SIZE = 16, 6, 4, 32
+
+
+def make_batch(batch=4, defective=(3,), requires_grad=True):
+    features = torch.randn(batch, DIM, GRID, GRID, requires_grad=requires_grad)
+    masks = torch.zeros(batch, SIZE, SIZE)
+    for i in defective:
+        masks[i, 4:14, 6:20] = 1
+    return features, masks
+
+
+def ready(preset="paper", **kwargs):
+    model = ArcAD(DIM, K, preset=preset, sigma=0.0, **kwargs)
+    model.prototypes.init_prototypes(torch.randn(64, DIM))
+    return model
+
+
+def focal(x, y, alpha=0.75, gamma=2.0):
+    p = torch.sigmoid(x)
+    ce = F.binary_cross_entropy_with_logits(x, y, reduction="none")
+    pt = p * y + (1 - p) * (1 - y)
+    return ce * (1 - pt) ** gamma * (alpha * y + (1 - alpha) * (1 - y))
+
+
+def transcription(model, features, masks, preset):
+    """Eq. 4, 7, 8, 9 and 10 by boolean selection, written independently of the library's weighting."""
+    mu = model.prototypes.prototypes.clone()
+    z = F.normalize(features.flatten(2).transpose(1, 2), dim=-1)  # (B, P, D)
+    patch = F.adaptive_max_pool2d(masks.unsqueeze(1), GRID).flatten(1) > 0  # (B, P)
+    defective = patch.any(1)
+    normal = z[~defective].reshape(-1, DIM)
+    anomalies = z[patch & defective[:, None]]
+    synthetic = normal  # sigma = 0: every candidate equals its anchor
+    q = sinkhorn_knopp(normal.detach() @ mu.t(), 0.05, 3)
+    spm = -(q * torch.log_softmax(normal @ mu.t() / 0.1, dim=1)).sum(1).mean()
+    push = (anomalies @ mu.t()).amax(1)
+    if preset == "official":
+        push = push.relu()
+    pull = 1 - (anomalies @ synthetic.detach().t()).mean(1)
+    dgc = (push + pull).mean() if len(anomalies) else torch.zeros(())
+    real_cls = anomalies if preset == "paper" else z[defective].reshape(-1, DIM)
+    disc = model.discriminator
+    logits = disc(torch.cat([normal, synthetic, real_cls]))
+    n, s = len(normal), len(synthetic)
+    fn, fs, fr = logits[:n], logits[n : n + s], logits[n + s :]
+    if preset == "paper":
+        y = torch.cat([torch.zeros(n), torch.ones(s + len(real_cls))])
+        cls = focal(logits, y).mean()
+    else:
+        cls = 0.5 * (focal(fn, torch.zeros(n)).mean() + focal(fs, torch.ones(s)).mean()) + focal(
+            fr, torch.ones(len(fr))
+        ).mean()
+    return spm, dgc, cls
+
+
+@pytest.mark.parametrize("preset", ["paper", "official"])
+def test_terms_match_an_independent_transcription(preset):
+    model = ready(preset).eval()  # eval: BatchNorm statistics do not depend on which rows share the batch
+    features, masks = make_batch()
+    spm, dgc, cls = transcription(model, features, masks, preset)
+    out = model(features, masks=masks)
+    assert torch.allclose(out.spm, spm, atol=1e-5)
+    assert torch.allclose(out.dgc, dgc, atol=1e-5)
+    assert torch.allclose(out.cls, cls, atol=1e-5)
+    assert torch.allclose(out.loss, 0.1 * (spm + dgc + cls), atol=1e-5)
+    assert out.stats["num_normal"].item() == 3 * GRID * GRID
+    assert out.stats["num_anomalous"].item() == int((F.adaptive_max_pool2d(masks[3:4], GRID) > 0).sum())
+
+
+def test_lambdas_weight_the_terms():
+    model = ready(lambda_spm=1.0, lambda_dgc=2.0, lambda_cls=3.0).eval()
+    features, masks = make_batch()
+    out = model(features, masks=masks)
+    assert torch.allclose(out.loss, out.spm + 2 * out.dgc + 3 * out.cls, atol=1e-6)
+
+
+def test_tokens_with_prefix_equal_maps():
+    model = ready().eval()
+    features, masks = make_batch(requires_grad=False)
+    tokens = torch.cat([torch.randn(4, 5, DIM), features.flatten(2).transpose(1, 2)], dim=1)
+    a = model(features, masks=masks)
+    model.prefix_tokens = 5
+    b = model(tokens, masks=masks)
+    assert torch.allclose(a.loss, b.loss, atol=1e-6)
+
+
+def test_gradient_routing():
+    model = ready()
+    features, masks = make_batch()
+    out = model(features, masks=masks)
+    params = list(model.discriminator.parameters())
+    # the discriminator is reached by L_cls only
+    grads = torch.autograd.grad(out.spm + out.dgc, params, allow_unused=True, retain_graph=True)
+    assert all(g is None or not g.any() for g in grads)
+    total = torch.autograd.grad(out.loss, params, retain_graph=True)
+    from_cls = torch.autograd.grad(model.lambda_cls * out.cls, params, retain_graph=True)
+    for a, b in zip(total, from_cls):
+        assert torch.allclose(a, b)
+    # every term reaches the bottleneck features; the prototypes get nothing
+    for term in (out.spm, out.dgc, out.cls):
+        (grad,) = torch.autograd.grad(term, features, retain_graph=True)
+        assert grad.abs().sum() > 0
+    out.loss.backward()
+    assert model.prototypes.prototypes.grad is None
+    assert list(model.parameters()) == params
+
+
+def test_only_the_discriminator_is_trainable():
+    model = ArcAD(DIM, K)
+    names = [name for name, _ in model.named_parameters()]
+    assert names and all(name.startswith("discriminator.") for name in names)
+
+
+def test_synthetic_features_carry_gradient_unless_detached():
+    features, masks = make_batch(defective=())
+    for detach, expect in ((False, True), (True, False)):
+        model = ready(detach_synthetic=detach)
+        model.lambda_spm = model.lambda_dgc = 0.0
+        synthetic_only = model(features, masks=masks)
+        # with the normal-feature path removed (all weight on synthetic rows), the gradient must vanish if detached
+        disc = model.discriminator
+        z = F.normalize(features.flatten(2).transpose(1, 2).reshape(-1, DIM), dim=1)
+        syn = model.synthesizer(z, model.prototypes.prototypes)
+        (grad,) = torch.autograd.grad(disc(syn).sum(), features, allow_unused=True)
+        assert (grad is not None and grad.abs().sum() > 0) == expect
+        assert torch.isfinite(synthetic_only.loss)
+
+
+def test_no_anomalies_gives_zero_dgc_that_backpropagates():
+    model = ready()
+    features, _ = make_batch(defective=())
+    out = model(features)
+    assert out.dgc.item() == 0.0
+    out.loss.backward()
+    assert torch.isfinite(features.grad).all()
+
+
+def test_all_defective_batch_is_finite():
+    model = ready()
+    features, masks = make_batch(batch=2, defective=(0, 1))
+    out = model(features, masks=masks)
+    assert out.spm.item() == 0.0
+    assert torch.isfinite(out.loss)
+    out.loss.backward()
+    assert torch.isfinite(features.grad).all()
+
+
+def test_batch_of_one():
+    model = ready()
+    for defective in ((), (0,)):
+        features, masks = make_batch(batch=1, defective=defective)
+        out = model(features, masks=masks)
+        assert torch.isfinite(out.loss)
+        out.loss.backward()
+
+
+def test_labels_override_masks():
+    model = ready().eval()
+    features, masks = make_batch(defective=())
+    # image 1 is defective but its mask is empty (Magnetic Tile has such images): it is neither normal nor anomalous
+    out = model(features, masks=masks, labels=torch.tensor([0, 1, 0, 0]))
+    assert out.stats["num_normal"].item() == 3 * GRID * GRID
+    assert out.stats["num_anomalous"].item() == 0
+    official = ready("official").eval()
+    stats = official(features, masks=masks, labels=torch.tensor([0, 1, 0, 0])).stats
+    assert stats["discriminator_accuracy"].shape == (3,)
+
+
+def test_mask_threshold_changes_the_anomaly_set():
+    features, masks = make_batch(requires_grad=False)
+    loose = ready(mask_threshold=0.0).eval()(features, masks=masks).stats["num_anomalous"]
+    strict = ready(mask_threshold=0.9).eval()(features, masks=masks).stats["num_anomalous"]
+    assert strict < loose
+
+
+def test_uninitialised_model_contributes_zero_and_initialises_itself():
+    model = ArcAD(DIM, K, init_factor=4)  # needs 24 normal patches; one normal image has 16
+    features, masks = make_batch(batch=2, defective=(1,))
+    out = model(features, masks=masks)
+    assert not model.initialized
+    assert out.loss.item() == 0.0 and out.cls.item() == 0.0
+    out.loss.backward()
+    out = model(features, masks=masks)
+    assert model.initialized
+    assert out.loss.item() > 0
+    assert torch.unique(model.prototypes.prototypes, dim=0).shape[0] == K
+
+
+def test_non_finite_features_do_not_corrupt_prototypes():
+    model = ready()
+    before = model.prototypes.prototypes.clone()
+    features, masks = make_batch(requires_grad=False)
+    features[0, 0, 0, 0] = float("nan")
+    model(features, masks=masks)
+    assert torch.equal(model.prototypes.prototypes, before)
+    features[0, 0, 0, 0] = float("inf")
+    model(features, masks=masks)
+    assert torch.equal(model.prototypes.prototypes, before)
+
+
+def test_state_dict_round_trip():
+    model = ready("official")
+    features, masks = make_batch(requires_grad=False)
+    for _ in range(2):
+        model(features, masks=masks)
+    state = model.state_dict()
+    assert {"prototypes.prototypes", "prototypes.initialized", "prototypes.num_updates"} <= set(state)
+    fresh = ArcAD(DIM, K, preset="official", sigma=0.0)
+    fresh.load_state_dict(state)
+    assert fresh.initialized
+    a = model.eval()(features, masks=masks)
+    b = fresh.eval()(features, masks=masks)
+    assert torch.equal(a.loss, b.loss)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_autocast_is_finite_and_close_to_float32(dtype):
+    model = ready().eval()
+    features, masks = make_batch(requires_grad=False)
+    reference = model(features, masks=masks)
+    with torch.autocast("cpu", dtype=dtype):
+        out = model(features.to(dtype), masks=masks)
+    assert model.prototypes.prototypes.dtype == torch.float32
+    for name in ("loss", "spm", "dgc", "cls"):
+        value = getattr(out, name)
+        assert value.dtype == torch.float32 and torch.isfinite(value)
+        # tolerance: one rounding of the features to 8 (bf16) or 11 (fp16) mantissa bits, through the MLP
+        assert torch.allclose(value, getattr(reference, name), rtol=0.05, atol=0.02), name
+
+
+def test_score_maps():
+    model = ready().eval()
+    features = torch.randn(2, DIM, GRID, GRID)
+    mu = model.prototypes.prototypes
+    # every patch sits on a prototype except one planted outlier, orthogonal-ish to all of them
+    idx = torch.randint(K, (2, GRID, GRID))
+    features = mu[idx].permute(0, 3, 1, 2).clone()
+    outlier = torch.randn(DIM)
+    outlier -= mu.t() @ torch.linalg.lstsq(mu.t(), outlier.unsqueeze(1)).solution.squeeze(1)
+    features[1, :, 2, 3] = outlier
+    scores = model.score(features)
+    assert scores.prototype.shape == scores.discriminator.shape == (2, GRID, GRID)
+    assert not scores.prototype.requires_grad
+    assert torch.isfinite(scores.prototype).all() and torch.isfinite(scores.discriminator).all()
+    assert scores.prototype[1, 2, 3] == scores.prototype.max()
+    assert scores.prototype.flatten().topk(2).values[1] < 1e-5
+    assert ((scores.discriminator >= 0) & (scores.discriminator <= 1)).all()
+
+
+def test_score_matches_tokens_and_does_not_change_mode():
+    model = ready(discriminator_norm="batch")
+    features = torch.randn(2, DIM, GRID, GRID)
+    tokens = torch.cat([torch.zeros(2, 1, DIM), features.flatten(2).transpose(1, 2)], dim=1)
+    a = model.score(features)
+    model.prefix_tokens = 1
+    b = model.score(tokens)
+    assert torch.allclose(a.prototype, b.prototype) and torch.allclose(a.discriminator, b.discriminator)
+    assert model.discriminator.training
+
+
+def test_bad_input():
+    model = ready()
+    features, masks = make_batch()
+    with pytest.raises(ValueError, match=r"\(B, N, D\)"):
+        model(torch.randn(4, DIM))
+    with pytest.raises(ValueError, match="square"):
+        model(torch.randn(4, 15, DIM))
+    with pytest.raises(ValueError, match="D=16"):
+        model(torch.randn(4, 8, GRID, GRID))
+    with pytest.raises(ValueError, match="batch size"):
+        model(features, masks=masks[:3])
+    with pytest.raises(ValueError, match="cannot be matched"):
+        model(features, masks=torch.zeros(4, 2, 2))
+    with pytest.raises(ValueError, match=r"\(B,\)"):
+        model(features, masks=masks, labels=torch.zeros(5))
+    with pytest.raises(ValueError, match="preset"):
+        ArcAD(DIM, preset="nope")
+    with pytest.raises(ValueError):
+        ArcAD(DIM, mask_threshold=1.0)
+    with pytest.raises(ValueError):
+        ArcAD(DIM, cls_anomalies="all")

@@ -1,0 +1,105 @@
+"""Two gloo processes, each given half of a batch, must match one process given the whole batch."""
+
+import os
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from torch_arcad import ArcAD
+from torch_arcad.distributed import get_world_size, global_means
+
+DIM, K, GRID, BATCH, STEPS = 12, 8, 4, 6, 3
+WORLD = 2
+
+
+def make_data():
+    g = torch.Generator().manual_seed(1)
+    features = [torch.randn(BATCH, DIM, GRID, GRID, generator=g) for _ in range(STEPS)]
+    masks = torch.zeros(BATCH, 16, 16)
+    masks[2, 3:9, 2:7] = 1  # one defective image in each half
+    masks[5, 8:16, 8:12] = 1
+    return features, masks
+
+
+def run_steps(model, features, masks):
+    """A few training steps; returns per-step losses, assignments, feature grads, parameter grads."""
+    records = []
+    for step_features in features:
+        x = step_features.clone().requires_grad_(True)
+        out = model(x, masks=masks)
+        model.zero_grad()
+        out.loss.backward()
+        grads = [p.grad.clone() for p in model.parameters()]
+        if dist.is_initialized():
+            for g in grads:
+                dist.all_reduce(g)
+                g /= dist.get_world_size()
+        records.append(
+            {
+                "loss": out.loss.detach(),
+                "terms": torch.stack([out.spm, out.dgc, out.cls]).detach(),
+                "feature_grad": x.grad.clone(),
+                "param_grads": grads,
+                "prototypes": model.prototypes.prototypes.clone(),
+            }
+        )
+    return records
+
+
+def new_model():
+    torch.manual_seed(0)  # identical discriminator weights everywhere
+    return ArcAD(DIM, K, sigma=0.0, init_factor=2)
+
+
+def worker(rank, init_file, out_dir):
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
+    torch.set_num_threads(1)
+    features, masks = make_data()
+    half = BATCH // WORLD
+    rows = slice(rank * half, (rank + 1) * half)
+    model = new_model()
+    records = run_steps(model, [f[rows] for f in features], masks[rows])
+    # assignments of this rank's rows under the final prototypes, in eval mode
+    z = torch.nn.functional.normalize(features[0][rows].flatten(2).transpose(1, 2).reshape(-1, DIM), dim=1)
+    q = model.prototypes.eval()(z).assignments
+    torch.save({"records": records, "assignments": q}, os.path.join(out_dir, f"rank{rank}.pt"))
+    dist.destroy_process_group()
+
+
+@pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not built")
+def test_two_ranks_match_one_process(tmp_path):
+    features, masks = make_data()
+    reference_model = new_model()
+    reference = run_steps(reference_model, features, masks)
+    z = torch.nn.functional.normalize(features[0].flatten(2).transpose(1, 2).reshape(-1, DIM), dim=1)
+    reference_q = reference_model.prototypes.eval()(z).assignments
+
+    mp.spawn(worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=WORLD, join=True)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
+
+    patches = BATCH // WORLD * GRID * GRID
+    for step, expected in enumerate(reference):
+        for r, result in enumerate(ranks):
+            got = result["records"][step]
+            assert torch.allclose(got["prototypes"], expected["prototypes"], atol=1e-5)
+            assert torch.allclose(got["loss"], expected["loss"], atol=1e-5)
+            assert torch.allclose(got["terms"], expected["terms"], atol=1e-5)
+            for a, b in zip(got["param_grads"], expected["param_grads"]):
+                assert torch.allclose(a, b, atol=1e-5)
+            # each rank's input gradient is world_size times its share (DDP averages parameter gradients)
+            half = BATCH // WORLD
+            share = expected["feature_grad"][r * half : (r + 1) * half]
+            assert torch.allclose(got["feature_grad"] / WORLD, share, atol=1e-5)
+        # every rank holds identical prototypes
+        assert torch.equal(ranks[0]["records"][step]["prototypes"], ranks[1]["records"][step]["prototypes"])
+    for r, result in enumerate(ranks):
+        assert torch.allclose(result["assignments"], reference_q[r * patches : (r + 1) * patches], atol=1e-5)
+
+
+def test_single_process_needs_no_process_group():
+    assert get_world_size() == 1
+    sums = torch.tensor([3.0, 0.0], requires_grad=True)
+    means = global_means(sums, torch.tensor([2.0, 0.0]))
+    assert means.tolist() == [1.5, 0.0]

@@ -1,0 +1,80 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from torch_arcad.layout import features_to_patches, image_labels, masks_to_patches
+
+
+def test_maps_and_tokens_give_the_same_patches():
+    maps = torch.randn(2, 6, 3, 3)
+    patches, grid = features_to_patches(maps)
+    assert grid == (3, 3) and patches.shape == (2, 9, 6)
+    assert torch.equal(patches[1, 4], maps[1, :, 1, 1])  # row-major
+    tokens = torch.cat([torch.randn(2, 5, 6), patches], dim=1)
+    again, grid2 = features_to_patches(tokens, prefix_tokens=5)
+    assert grid2 == (3, 3) and torch.equal(again, patches)
+
+
+def test_non_square_tokens_and_bad_ranks():
+    with pytest.raises(ValueError, match="square"):
+        features_to_patches(torch.randn(2, 10, 4))
+    with pytest.raises(ValueError, match="square"):
+        features_to_patches(torch.randn(2, 4, 4), prefix_tokens=5)
+    with pytest.raises(ValueError, match=r"\(B, N, D\)"):
+        features_to_patches(torch.randn(2, 4))
+    with pytest.raises(ValueError, match="prefix_tokens"):
+        features_to_patches(torch.randn(2, 4, 2, 2), prefix_tokens=1)
+    with pytest.raises(TypeError):
+        features_to_patches([1, 2, 3])
+
+
+def test_threshold_zero_is_max_pool():
+    masks = (torch.rand(3, 32, 32) > 0.97).float()
+    patches = masks_to_patches(masks, 3, (4, 4), 0.0)
+    expected = F.adaptive_max_pool2d(masks.unsqueeze(1), (4, 4)).flatten(1) > 0
+    assert torch.equal(patches, expected)
+
+
+def test_threshold_is_a_defect_fraction():
+    masks = torch.zeros(1, 1, 8, 8)
+    masks[0, 0, :2, :2] = 1  # patch (0,0) of a 2x2 grid: 4 of 16 pixels = 25 %
+    assert masks_to_patches(masks, 1, (2, 2), 0.2).tolist() == [[True, False, False, False]]
+    assert masks_to_patches(masks, 1, (2, 2), 0.3).tolist() == [[False, False, False, False]]
+
+
+def test_mask_encodings():
+    base = torch.zeros(1, 8, 8)
+    base[0, 0, 0] = 1
+    for masks in (base, base.bool(), (base * 255).to(torch.uint8), base * 255):
+        assert masks_to_patches(masks, 1, (2, 2)).tolist() == [[True, False, False, False]]
+    soft = torch.full((1, 8, 8), 0.4)  # below 0.5: no defect
+    assert not masks_to_patches(soft, 1, (2, 2)).any()
+
+
+def test_non_divisible_sizes_are_pooled_adaptively():
+    masks = torch.zeros(1, 30, 30)
+    masks[0, 29, 29] = 1
+    assert masks_to_patches(masks, 1, (4, 4)).reshape(4, 4)[3, 3]
+
+
+def test_bad_masks():
+    with pytest.raises(ValueError, match="batch size"):
+        masks_to_patches(torch.zeros(2, 8, 8), 3, (2, 2))
+    with pytest.raises(ValueError, match="cannot be matched"):
+        masks_to_patches(torch.zeros(1, 2, 2), 1, (4, 4))
+    with pytest.raises(ValueError, match="cannot be matched"):
+        masks_to_patches(torch.zeros(1, 64, 16), 1, (4, 4))
+    with pytest.raises(ValueError, match=r"\(B, H, W\)"):
+        masks_to_patches(torch.zeros(1, 2, 8, 8), 1, (2, 2))
+    with pytest.raises(ValueError, match="mask_threshold"):
+        masks_to_patches(torch.zeros(1, 8, 8), 1, (2, 2), 1.0)
+
+
+def test_image_labels():
+    patches = torch.tensor([[False, True], [False, False]])
+    assert image_labels(None, patches, 2, torch.device("cpu")).tolist() == [True, False]
+    assert image_labels(None, None, 2, torch.device("cpu")).tolist() == [False, False]
+    assert image_labels(torch.tensor([0, 1]), patches, 2, torch.device("cpu")).tolist() == [False, True]
+    assert image_labels(torch.tensor([0.0, 1.0]), None, 2, torch.device("cpu")).tolist() == [False, True]
+    with pytest.raises(ValueError, match=r"\(B,\)"):
+        image_labels(torch.tensor([0, 1, 1]), None, 2, torch.device("cpu"))
