@@ -1,0 +1,553 @@
+"""Reading data sets stored in the MVTec AD folder layout.
+
+Layout of one data set root::
+
+    <root>/<category>/train/good/*.png                  normal training images
+    <root>/<category>/test/good/*.png                   normal test images
+    <root>/<category>/test/<defect>/*.png               defective test images, one folder per defect kind
+    <root>/<category>/ground_truth/<defect>/<stem>_mask.png   binary defect masks (0 / 255)
+
+Images may be PNG, JPEG or BMP (extensions matched case-insensitively); files whose name starts
+with a dot and files with other extensions are ignored. Folders beside ``train`` / ``test`` /
+``ground_truth`` (``validation``, licence files, ...) are ignored as well.
+
+Scanning (:func:`list_categories`, :func:`scan_category`) uses the standard library only, so the
+cold-start command line tool runs without an image library. Checking whether a defect mask is all
+zero is done by decoding the PNG stream with :mod:`zlib` (:func:`png_is_blank`).
+:class:`MVTecDataset` loads the images lazily with Pillow, which is an optional dependency
+(``pip install "torch-arcad[examples]"``).
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import zlib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Union
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+if TYPE_CHECKING:  # pragma: no cover
+    from PIL import Image as PILImage
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "MASK_SUFFIX",
+    "NORMAL_LABEL",
+    "ANOMALY_LABEL",
+    "GOOD",
+    "CategoryScan",
+    "MVTecDataset",
+    "MVTecSample",
+    "list_categories",
+    "png_is_blank",
+    "scan_category",
+]
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+#: File extensions (lower case) accepted as images and masks.
+IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp")
+#: Suffix of a mask file's stem: ``ground_truth/<defect>/<stem>_mask.png`` belongs to ``test/<defect>/<stem>.*``.
+MASK_SUFFIX: str = "_mask"
+#: Name of the defect-free folders (``train/good``, ``test/good``) and the defect kind of normal samples.
+GOOD: str = "good"
+#: Image label of a normal sample.
+NORMAL_LABEL: int = 0
+#: Image label of a defective sample.
+ANOMALY_LABEL: int = 1
+#: Sub-folders of a category.
+TRAIN_DIR, TEST_DIR, GROUND_TRUTH_DIR = "train", "test", "ground_truth"
+#: Mask values above this fraction of full scale (after resizing to [0, 1]) count as defect.
+MASK_THRESHOLD: float = 0.5
+#: Largest 8-bit pixel value; images are divided by it to land in [0, 1].
+MAX_PIXEL_VALUE: float = 255.0
+#: Resampling filters accepted by :class:`MVTecDataset`.
+RESAMPLE_CHOICES: tuple[str, ...] = ("nearest", "bilinear", "bicubic")
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# Samples per pixel for the PNG colour types whose zero value means black (grey, RGB, grey+alpha, RGBA).
+_PNG_CHANNELS = {0: 1, 2: 3, 4: 2, 6: 4}
+_BITS_PER_BYTE = 8
+
+
+@dataclass(frozen=True)
+class MVTecSample:
+    """One image of a data set.
+
+    Attributes:
+        image: path of the image file.
+        mask: path of its ground-truth mask, or ``None`` (normal images; defect images only when
+            missing masks were explicitly allowed).
+        label: :data:`NORMAL_LABEL` (0) or :data:`ANOMALY_LABEL` (1).
+        defect: ``"good"`` for normal images, otherwise the defect kind (the ``test/<defect>`` folder).
+        category: the category folder name.
+    """
+
+    image: Path
+    mask: Path | None
+    label: int
+    defect: str
+    category: str
+
+
+@dataclass(frozen=True)
+class CategoryScan:
+    """The files of one category, each list sorted by file name.
+
+    Attributes:
+        category: the category folder name.
+        root: the data set root the category lies in.
+        train_good: samples of ``train/good``.
+        test_good: samples of ``test/good`` (may be empty).
+        test_defects: samples of every ``test/<defect>`` folder, ordered by defect kind then name.
+        empty_masks: masks of ``test_defects`` that are all zero (only filled when the scan checked
+            masks; masks that :func:`png_is_blank` cannot decode count as non-empty).
+    """
+
+    category: str
+    root: Path
+    train_good: list[MVTecSample]
+    test_good: list[MVTecSample]
+    test_defects: list[MVTecSample]
+    empty_masks: list[Path] = field(default_factory=list)
+
+    @property
+    def defect_kinds(self) -> list[str]:
+        """Sorted defect kinds that have at least one image."""
+        return sorted({s.defect for s in self.test_defects})
+
+    def defects_by_kind(self) -> dict[str, list[MVTecSample]]:
+        """Defective samples grouped by kind (kinds sorted, samples in scan order)."""
+        groups: dict[str, list[MVTecSample]] = {kind: [] for kind in self.defect_kinds}
+        for sample in self.test_defects:
+            groups[sample.defect].append(sample)
+        return groups
+
+
+def _is_image_file(path: Path) -> bool:
+    return path.is_file() and not path.name.startswith(".") and path.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def _list_images(folder: Path) -> list[Path]:
+    """Image files directly in ``folder``, sorted by name."""
+    return sorted((p for p in folder.iterdir() if _is_image_file(p)), key=lambda p: p.name)
+
+
+def _list_subdirs(folder: Path) -> list[Path]:
+    return sorted((p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")), key=lambda p: p.name)
+
+
+def _check_root(root: PathLike) -> Path:
+    path = Path(root).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"data set root {str(path)!r} does not exist")
+    if not path.is_dir():
+        raise NotADirectoryError(f"data set root {str(path)!r} is not a folder")
+    return path
+
+
+def list_categories(root: PathLike) -> list[str]:
+    """Names of the categories under an MVTec-layout root, sorted.
+
+    A category is a sub-folder of ``root`` that holds a ``train`` or a ``test`` folder (whether it is
+    complete is checked by :func:`scan_category`).
+
+    Args:
+        root: the data set root, e.g. ``.../mvtec_anomaly_detection``.
+
+    Returns:
+        The sorted category names.
+
+    Raises:
+        FileNotFoundError: ``root`` does not exist.
+        ValueError: no sub-folder of ``root`` looks like a category (the message says what was
+            expected, and hints at passing the parent when ``root`` is itself a category).
+    """
+    path = _check_root(root)
+    categories = [
+        d.name for d in _list_subdirs(path) if (d / TRAIN_DIR).is_dir() or (d / TEST_DIR).is_dir()
+    ]
+    if not categories:
+        hint = ""
+        if (path / TRAIN_DIR).is_dir() or (path / TEST_DIR).is_dir():
+            hint = f"; {str(path)!r} looks like a single category, pass its parent folder {str(path.parent)!r}"
+        raise ValueError(
+            f"{str(path)!r} is not in the MVTec AD layout: expected sub-folders <category>/{TRAIN_DIR}/{GOOD} "
+            f"and <category>/{TEST_DIR}/<defect or good>, found none{hint}"
+        )
+    return categories
+
+
+def _find_masks(folder: Path) -> dict[str, Path]:
+    """Mask files of one ``ground_truth/<defect>`` folder keyed by the image stem they belong to."""
+    masks: dict[str, Path] = {}
+    if not folder.is_dir():
+        return masks
+    suffix = MASK_SUFFIX.lower()
+    for path in _list_images(folder):
+        stem = path.stem
+        if stem.lower().endswith(suffix):
+            image_stem = stem[: len(stem) - len(suffix)]
+            # Prefer a PNG mask when several extensions exist for one stem.
+            if image_stem not in masks or path.suffix.lower() == ".png":
+                masks[image_stem] = path
+    return masks
+
+
+def scan_category(
+    root: PathLike,
+    category: str,
+    *,
+    allow_missing_masks: bool = False,
+    check_masks: bool = True,
+) -> CategoryScan:
+    """List the samples of one category without loading any image.
+
+    Args:
+        root: the data set root.
+        category: a category folder name under ``root``.
+        allow_missing_masks: when ``False`` (default) every defect image must have a mask
+            ``ground_truth/<defect>/<stem>_mask.<ext>``; when ``True`` a missing mask gives ``mask=None``.
+        check_masks: decode every defect mask with the standard library and record the all-zero
+            ones in :attr:`CategoryScan.empty_masks` (empty masks are allowed).
+
+    Returns:
+        The :class:`CategoryScan` of the category.
+
+    Raises:
+        FileNotFoundError: ``root`` does not exist.
+        ValueError: ``category`` is not a folder of ``root`` (the message lists the categories found);
+            a required folder (``train/good``, ``test``) is missing (the message names it);
+            ``train/good`` holds no image; the category has defect images but no ``ground_truth``
+            folder, or a defect image has no mask (the message names the category and an image).
+    """
+    path = _check_root(root)
+    cat_dir = path / category
+    if not cat_dir.is_dir():
+        try:
+            available = ", ".join(list_categories(path))
+        except ValueError:
+            available = "none"
+        raise ValueError(f"unknown category {category!r} under {str(path)!r}; available categories: {available}")
+    for required in (cat_dir / TRAIN_DIR / GOOD, cat_dir / TEST_DIR):
+        if not required.is_dir():
+            raise ValueError(
+                f"category {category!r} is not in the MVTec AD layout: missing folder {str(required)!r}"
+            )
+
+    def make(image: Path, mask: Path | None, label: int, defect: str) -> MVTecSample:
+        return MVTecSample(image=image, mask=mask, label=label, defect=defect, category=category)
+
+    train_good = [make(p, None, NORMAL_LABEL, GOOD) for p in _list_images(cat_dir / TRAIN_DIR / GOOD)]
+    if not train_good:
+        raise ValueError(
+            f"category {category!r} is empty: no images ({', '.join(IMAGE_EXTENSIONS)}) in "
+            f"{str(cat_dir / TRAIN_DIR / GOOD)!r}"
+        )
+    test_good_dir = cat_dir / TEST_DIR / GOOD
+    test_good = (
+        [make(p, None, NORMAL_LABEL, GOOD) for p in _list_images(test_good_dir)] if test_good_dir.is_dir() else []
+    )
+
+    gt_dir = cat_dir / GROUND_TRUTH_DIR
+    test_defects: list[MVTecSample] = []
+    for defect_dir in _list_subdirs(cat_dir / TEST_DIR):
+        if defect_dir.name == GOOD:
+            continue
+        images = _list_images(defect_dir)
+        if not images:
+            continue
+        if not gt_dir.is_dir() and not allow_missing_masks:
+            raise ValueError(
+                f"category {category!r} has defect images (e.g. {str(images[0])!r}) but no ground-truth masks: "
+                f"missing folder {str(gt_dir)!r} with <defect>/<image stem>{MASK_SUFFIX}.png files"
+            )
+        masks = _find_masks(gt_dir / defect_dir.name)
+        for image in images:
+            mask = masks.get(image.stem)
+            if mask is None and not allow_missing_masks:
+                expected = gt_dir / defect_dir.name / f"{image.stem}{MASK_SUFFIX}.png"
+                raise ValueError(
+                    f"category {category!r}: defect image {str(image)!r} has no ground-truth mask "
+                    f"(expected {str(expected)!r}); pass allow_missing_masks=True to accept it without one"
+                )
+            test_defects.append(make(image, mask, ANOMALY_LABEL, defect_dir.name))
+
+    empty: list[Path] = []
+    if check_masks:
+        empty = [s.mask for s in test_defects if s.mask is not None and png_is_blank(s.mask) is True]
+    return CategoryScan(
+        category=category,
+        root=path,
+        train_good=train_good,
+        test_good=test_good,
+        test_defects=test_defects,
+        empty_masks=empty,
+    )
+
+
+def png_is_blank(path: PathLike) -> bool | None:
+    """Whether a PNG image is all zero, decoded with the standard library only.
+
+    Works for non-interlaced grey-scale and RGB images (with or without alpha; alpha samples are
+    checked too) at any bit depth. Un-filtering is not needed: a PNG row filter predicts each byte
+    from earlier bytes, so the first non-zero pixel byte in scan order is stored unchanged, and the
+    image is all zero exactly when every filtered byte except the per-row filter type is zero.
+
+    Args:
+        path: a file path.
+
+    Returns:
+        ``True`` (all zero), ``False`` (some non-zero sample), or ``None`` when the file is not a
+        PNG this function decodes (palette or interlaced PNG, another format, a damaged file).
+    """
+    try:
+        data = Path(path).read_bytes()
+    except OSError:
+        return None
+    if not data.startswith(_PNG_SIGNATURE):
+        return None
+    pos = len(_PNG_SIGNATURE)
+    header: tuple[int, ...] | None = None
+    idat: list[bytes] = []
+    while pos + 8 <= len(data):
+        (length,) = struct.unpack(">I", data[pos : pos + 4])
+        kind = data[pos + 4 : pos + 8]
+        body = data[pos + 8 : pos + 8 + length]
+        pos += 12 + length  # length, type, body, CRC
+        if kind == b"IHDR":
+            header = struct.unpack(">IIBBBBB", body)
+        elif kind == b"IDAT":
+            idat.append(body)
+        elif kind == b"IEND":
+            break
+    if header is None or not idat:
+        return None
+    width, height, bit_depth, colour_type, _, _, interlace = header
+    if colour_type not in _PNG_CHANNELS or interlace != 0:
+        return None
+    try:
+        raw = zlib.decompress(b"".join(idat))
+    except zlib.error:
+        return None
+    row_bytes = -(-width * _PNG_CHANNELS[colour_type] * bit_depth // _BITS_PER_BYTE)
+    stride = row_bytes + 1
+    if len(raw) < stride * height:
+        return None
+    raw = raw[: stride * height]
+    filter_bytes = raw[::stride]
+    nonzero_total = len(raw) - raw.count(0)
+    nonzero_filters = len(filter_bytes) - filter_bytes.count(0)
+    return nonzero_total == nonzero_filters
+
+
+# ----------------------------------------------------------------------------------------------- loading
+
+
+def _require_pil() -> Any:
+    try:
+        from PIL import Image
+    except ImportError as error:  # pragma: no cover - depends on the environment
+        raise ImportError(
+            'MVTecDataset reads images with Pillow, which is not installed: pip install "torch-arcad[examples]"'
+        ) from error
+    return Image
+
+
+def _resample_filter(image_module: Any, name: str) -> Any:
+    return {
+        "nearest": image_module.Resampling.NEAREST,
+        "bilinear": image_module.Resampling.BILINEAR,
+        "bicubic": image_module.Resampling.BICUBIC,
+    }[name]
+
+
+def _to_uint8(image_module: Any, image: PILImage.Image) -> PILImage.Image:
+    """8-bit version of a 16-bit or 32-bit grey-scale image.
+
+    ``I;16*`` images are scaled by 65535. ``I`` / ``F`` images by the smallest of 1 (float images),
+    255, 65535 that bounds their values (so 8-bit data stored as 32-bit stays as is), else their maximum.
+    """
+    if not (image.mode.startswith("I;16") or image.mode in ("I", "F")):
+        return image
+    array = np.asarray(image, dtype=np.float64)
+    top = float(array.max()) if array.size else 0.0
+    if image.mode.startswith("I;16"):
+        full = float(np.iinfo(np.uint16).max)
+    else:
+        ranges = ((1.0,) if image.mode == "F" else ()) + (MAX_PIXEL_VALUE, float(np.iinfo(np.uint16).max))
+        full = next((r for r in ranges if top <= r), top)
+    scaled = np.clip(array / full * MAX_PIXEL_VALUE, 0.0, MAX_PIXEL_VALUE).round().astype(np.uint8)
+    return image_module.fromarray(scaled)
+
+
+class MVTecDataset(Dataset):
+    """A torch ``Dataset`` over :class:`MVTecSample` s that loads images lazily with Pillow.
+
+    Each item is a dict:
+
+    - ``"image"``: float32 tensor ``(3, H, W)`` in [0, 1], RGB (grey-scale images are repeated over
+      the three channels). No normalisation: backbones apply their own.
+    - ``"mask"``: float32 tensor ``(1, H, W)`` with values in {0, 1}; zeros for normal images (and for
+      defect images without a mask).
+    - ``"label"``: int64 scalar tensor, 0 normal / 1 defective.
+    - ``"category"``, ``"defect"``, ``"path"``: strings (the image path as given by the sample).
+
+    ``(H, W)`` is ``image_size`` (an int gives a square). Masks are resized with ``mask_resample``
+    and then thresholded at :data:`MASK_THRESHOLD`.
+
+    Args:
+        samples: the samples to serve, in order.
+        image_size: output size, an int ``S`` for ``S x S`` or a pair ``(H, W)``.
+        resample: image filter, one of ``"nearest"``, ``"bilinear"``, ``"bicubic"`` (default).
+        mask_resample: mask filter before thresholding, ``"bilinear"`` (default) or ``"nearest"``.
+        transform: optional callable applied to each item dict (e.g. augmentation); it receives and
+            returns the dict.
+
+    Raises:
+        ImportError: Pillow is not installed.
+        TypeError / ValueError: ``samples`` holds something else than :class:`MVTecSample`, or a size
+            or filter is invalid.
+    """
+
+    def __init__(
+        self,
+        samples: Sequence[MVTecSample],
+        image_size: int | tuple[int, int] = 256,
+        *,
+        resample: str = "bicubic",
+        mask_resample: str = "bilinear",
+        transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+    ) -> None:
+        self._image_module = _require_pil()
+        self.samples: list[MVTecSample] = list(samples)
+        for index, sample in enumerate(self.samples):
+            if not isinstance(sample, MVTecSample):
+                raise TypeError(
+                    f"samples must be MVTecSample objects, got {type(sample).__name__} at index {index}; "
+                    "use scan_category() or torch_arcad.coldstart.split_samples() to build them"
+                )
+        self.image_size = _check_size(image_size)
+        for name, value in (("resample", resample), ("mask_resample", mask_resample)):
+            if value not in RESAMPLE_CHOICES:
+                raise ValueError(f"{name} must be one of {RESAMPLE_CHOICES}, got {value!r}")
+        self.resample = resample
+        self.mask_resample = mask_resample
+        self.transform = transform
+
+    @classmethod
+    def from_root(
+        cls,
+        root: PathLike,
+        category: str,
+        part: str = "train",
+        image_size: int | tuple[int, int] = 256,
+        **kwargs: Any,
+    ) -> MVTecDataset:
+        """The standard (unsupervised) split of one category.
+
+        Args:
+            root: data set root.
+            category: category name.
+            part: ``"train"`` (``train/good``) or ``"test"`` (``test/good`` then every defect folder).
+            image_size: see the class.
+            **kwargs: forwarded to the constructor.
+        """
+        if part not in (TRAIN_DIR, TEST_DIR):
+            raise ValueError(f"part must be 'train' or 'test', got {part!r}")
+        scan = scan_category(root, category, check_masks=False)
+        samples = scan.train_good if part == TRAIN_DIR else scan.test_good + scan.test_defects
+        return cls(samples, image_size, **kwargs)
+
+    @classmethod
+    def from_split(
+        cls,
+        split: Mapping[str, Any] | PathLike,
+        part: str = "train",
+        image_size: int | tuple[int, int] = 256,
+        *,
+        categories: str | Sequence[str] | None = None,
+        root: PathLike | None = None,
+        **kwargs: Any,
+    ) -> MVTecDataset:
+        """A part of a cold-start split manifest (see :mod:`torch_arcad.coldstart`).
+
+        Args:
+            split: the manifest dict (from :func:`~torch_arcad.coldstart.make_split` or
+                :func:`~torch_arcad.coldstart.load_split`) or the path of its JSON file.
+            part: ``"train"`` or ``"test"``.
+            image_size: see the class.
+            categories: one category, several, or ``None`` for all of the manifest.
+            root: data set root overriding the one stored in the manifest.
+            **kwargs: forwarded to the constructor.
+        """
+        from torch_arcad.coldstart import load_split, split_samples
+
+        manifest = split if isinstance(split, Mapping) else load_split(split)
+        samples = split_samples(manifest, part, categories=categories, root=root)
+        return cls(samples, image_size, **kwargs)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        sample = self.samples[index]
+        height, width = self.image_size
+        image_module = self._image_module
+        with image_module.open(sample.image) as opened:
+            image = _to_uint8(image_module, opened).convert("RGB")
+        image = image.resize((width, height), _resample_filter(image_module, self.resample))
+        image_tensor = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1).float() / MAX_PIXEL_VALUE
+        if sample.mask is not None:
+            with image_module.open(sample.mask) as opened:
+                mask = _to_uint8(image_module, opened).convert("L")
+            mask = mask.resize((width, height), _resample_filter(image_module, self.mask_resample))
+            mask_array = np.asarray(mask, dtype=np.float32) / MAX_PIXEL_VALUE > MASK_THRESHOLD
+            mask_tensor = torch.from_numpy(mask_array.astype(np.float32))[None]
+        else:
+            mask_tensor = torch.zeros(1, height, width, dtype=torch.float32)
+        item: dict[str, Any] = {
+            "image": image_tensor.contiguous(),
+            "mask": mask_tensor,
+            "label": torch.tensor(sample.label, dtype=torch.int64),
+            "category": sample.category,
+            "defect": sample.defect,
+            "path": str(sample.image),
+        }
+        if self.transform is not None:
+            item = self.transform(item)
+        return item
+
+    def labels(self) -> Tensor:
+        """Image labels of all samples without loading images: int64 tensor ``(len(self),)``."""
+        return torch.tensor([s.label for s in self.samples], dtype=torch.int64)
+
+    def __repr__(self) -> str:
+        n_anomalous = sum(s.label for s in self.samples)
+        return (
+            f"{type(self).__name__}({len(self)} samples: {len(self) - n_anomalous} normal, {n_anomalous} defective; "
+            f"image_size={self.image_size})"
+        )
+
+
+def _check_size(image_size: int | tuple[int, int]) -> tuple[int, int]:
+    if isinstance(image_size, bool):
+        raise TypeError(f"image_size must be an int or a pair of ints, got {image_size!r}")
+    if isinstance(image_size, int):
+        size = (image_size, image_size)
+    elif isinstance(image_size, (tuple, list)) and len(image_size) == 2 and all(
+        isinstance(v, int) and not isinstance(v, bool) for v in image_size
+    ):
+        size = (int(image_size[0]), int(image_size[1]))
+    else:
+        raise TypeError(f"image_size must be an int or a pair of ints (H, W), got {image_size!r}")
+    if min(size) <= 0:
+        raise ValueError(f"image_size must be positive, got {image_size!r}")
+    return size
