@@ -229,8 +229,8 @@ class ArcAD(nn.Module):
 
         # Eq. 8: the mean of the (detached) pseudo-anomalies is a global statistic under DDP.
         syn_stats = torch.cat([(w_normal.unsqueeze(1) * synthetic.detach()).sum(0), w_normal.sum().unsqueeze(0)])
-        if self.prototypes._distributed():
-            syn_stats = all_reduce_sum(syn_stats.clone())
+        if self.prototypes.gathers_globally:
+            syn_stats = all_reduce_sum(syn_stats.clone(), self.prototypes.process_group)
         syn_mean = syn_stats[:-1] / syn_stats[-1].clamp_min(1)
         dgc_sum = defect_guided_loss(
             z,
@@ -252,21 +252,16 @@ class ArcAD(nn.Module):
         focal_z, focal_syn = focal.split(z.shape[0])
         group_sums = torch.stack([(focal_z * w_normal).sum(), (focal_syn * w_normal).sum(), (focal_z * w_cls_real).sum()])
         group_counts = torch.stack([w_normal.sum(), w_normal.sum(), w_cls_real.sum()])
-        if self.config.cls_weighting == "union":
-            cls_sums, cls_counts = group_sums.sum().unsqueeze(0), group_counts.sum().unsqueeze(0)
-            coefficients = torch.ones(1, device=z.device)
-        else:
-            cls_sums, cls_counts = group_sums, group_counts
-            coefficients = torch.tensor([0.5, 0.5, 1.0], device=z.device)
+        cls_sums, cls_counts, coefficients = self.discriminator.combine_groups(group_sums, group_counts)
 
         sums = torch.cat([dgc_sum.unsqueeze(0), cls_sums])
         counts = torch.cat([w_real.sum().unsqueeze(0), cls_counts])
-        if self.prototypes._distributed():
-            means = global_means(sums, counts)
+        if self.prototypes.gathers_globally:
+            means = global_means(sums, counts, self.prototypes.process_group)
         else:
             means = sums / counts.clamp_min(1)
         dgc = means[0]
-        cls = (coefficients * means[1:]).sum()
+        cls = sum(c * m for c, m in zip(coefficients, means[1:]))
         loss = self.lambda_spm * spm.loss + self.lambda_dgc * dgc + self.lambda_cls * cls
 
         with torch.no_grad():

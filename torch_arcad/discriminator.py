@@ -13,6 +13,8 @@ __all__ = ["FocalDiscriminator"]
 #: Hidden width of the released code's discriminator relative to D (Linear(D, D / 1.5)).
 _HIDDEN_RATIO = 1.5
 _NEGATIVE_SLOPE = 0.2
+#: The released code's eq. 9: 0.5 (FL_normal + FL_synthetic) + FL_real.
+_BALANCED = (0.5, 0.5, 1.0)
 
 
 class FocalDiscriminator(nn.Module):
@@ -104,14 +106,19 @@ class FocalDiscriminator(nn.Module):
                 logit, torch.full_like(logit, target), self.alpha, self.gamma, reduction="none", weight=weight
             )
             sums.append(per_row.sum())
-            counts.append(weight.float().sum() if weight is not None else per_row.new_tensor(float(logit.shape[0])))
+            counts.append(weight.float().sum() if weight is not None else torch.full_like(per_row[:1].sum(), logit.shape[0]))
         return torch.stack(sums), torch.stack(counts)
 
-    def combine(self, means: Tensor, counts: Tensor) -> Tensor:
-        """Eq. 9 from per-group means (3,) and counts (3,), following ``weighting``."""
+    def combine_groups(self, sums: Tensor, counts: Tensor) -> tuple[Tensor, Tensor, tuple[float, ...]]:
+        """Turn per-group sums and counts (3,) into the means eq. 9 takes, following ``weighting``.
+
+        Returns:
+            ``(term_sums, term_counts, coefficients)``: eq. 9 is ``sum_t c_t * term_sums[t] / term_counts[t]``.
+            ``"union"`` has one term (all groups pooled), ``"balanced"`` three with coefficients 0.5, 0.5, 1.
+        """
         if self.weighting == "balanced":
-            return 0.5 * (means[0] + means[1]) + means[2]
-        return (means * counts).sum() / counts.sum().clamp_min(1)
+            return sums, counts, _BALANCED
+        return sums.sum().unsqueeze(0), counts.sum().unsqueeze(0), (1.0,)
 
     def loss(
         self,
@@ -142,4 +149,6 @@ class FocalDiscriminator(nn.Module):
             synthetic_weight=synthetic_weight,
             anomaly_weight=anomaly_weight,
         )
-        return self.combine(sums / counts.clamp_min(1), counts)
+        term_sums, term_counts, coefficients = self.combine_groups(sums, counts)
+        means = term_sums / term_counts.clamp_min(1)
+        return sum(c * m for c, m in zip(coefficients, means))

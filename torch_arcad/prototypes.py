@@ -105,6 +105,8 @@ class SinkhornPrototypes(nn.Module):
         self.kmeans_iterations = kmeans_iterations
         self.gather_distributed = gather_distributed
         self.seed = seed
+        #: process group of the collectives (None: the default group)
+        self.process_group: dist.ProcessGroup | None = None
         self.register_buffer("prototypes", torch.zeros(num_prototypes, dim))
         self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))
         self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))
@@ -130,9 +132,11 @@ class SinkhornPrototypes(nn.Module):
         )
 
     def _group(self) -> dist.ProcessGroup | None:
-        return None
+        return self.process_group
 
-    def _distributed(self) -> bool:
+    @property
+    def gathers_globally(self) -> bool:
+        """Whether statistics are taken over all processes now (``gather_distributed`` and world size > 1)."""
         return self.gather_distributed and is_distributed(self._group())
 
     @torch.no_grad()
@@ -148,7 +152,7 @@ class SinkhornPrototypes(nn.Module):
         check_dim("features", features, 1, self.dim, "(N, D)")
         if not bool(torch.isfinite(features).all()):
             raise ValueError("features for prototype initialisation must be finite")
-        distributed = self._distributed()
+        distributed = self.gathers_globally
         if distributed:
             features = all_gather_rows(features.detach().float(), self._group())
         if features.shape[0] < self.num_prototypes:
@@ -189,7 +193,7 @@ class SinkhornPrototypes(nn.Module):
         self._pending.append(rows)
         local = sum(t.shape[0] for t in self._pending)
         count = torch.tensor(float(local), device=z.device)
-        if self._distributed():
+        if self.gathers_globally:
             all_reduce_sum(count, self._group())
         if int(count.item()) >= self.init_size:
             self.init_prototypes(torch.cat(self._pending))
@@ -222,7 +226,7 @@ class SinkhornPrototypes(nn.Module):
 
     def _step(self, z: Tensor, mask: Tensor | None) -> PrototypeOutput:
         mu = self.prototypes.clone()  # the loss keeps this snapshot; the EMA below writes the buffer in place
-        distributed = self._distributed()
+        distributed = self.gathers_globally
         with torch.autocast(device_type=z.device.type, enabled=False):
             similarities = z.float() @ mu.t()  # one (N, K) matmul serves Sinkhorn (detached) and eq. 4
         scores = similarities.detach()
@@ -240,7 +244,7 @@ class SinkhornPrototypes(nn.Module):
             per_row = per_row * weight
             count = weight.sum()
         else:
-            count = per_row.new_tensor(float(z.shape[0]))
+            count = torch.full((), float(z.shape[0]), device=z.device)
         if distributed:
             loss = global_means(per_row.sum().unsqueeze(0), count.unsqueeze(0), self._group())[0]
         else:
@@ -254,7 +258,7 @@ class SinkhornPrototypes(nn.Module):
         with torch.autocast(device_type=z.device.type, enabled=False):
             targets = q.t() @ z.float()  # (K, D) assignment-weighted sums
             finite = torch.isfinite(targets).all()
-            if self._distributed():
+            if self.gathers_globally:
                 # a non-finite rank poisons the sum, so every rank skips the update together
                 all_reduce_sum(targets, self._group())
                 finite = torch.isfinite(targets).all()

@@ -62,18 +62,21 @@ def sinkhorn_knopp(
         log_q = scores.float() / epsilon
         # A per-row shift is absorbed by u; it keeps the largest entry of each row at 0.
         log_q = log_q - log_q.amax(dim=1, keepdim=True)
-        neg_inf = torch.tensor(-math.inf, device=scores.device, dtype=torch.float32)
+        neg_inf = -math.inf
+        distributed = gather_distributed
         if mask is not None:
             valid = mask.to(device=scores.device, dtype=torch.bool).unsqueeze(1)
             log_q = torch.where(valid, log_q, neg_inf)
             rows = valid.sum(dtype=torch.float32)
         else:
             valid = None
-            rows = torch.tensor(float(num_rows), device=scores.device)
-        distributed = gather_distributed
+            rows = torch.full((), float(num_rows), device=scores.device)
         if distributed:
             rows = all_reduce_sum(rows.clone(), group)
-        log_column_mass = torch.log(rows) - math.log(num_cols)
+        if valid is None and not distributed:
+            log_column_mass: Tensor | float = math.log(num_rows / num_cols)
+        else:
+            log_column_mass = torch.log(rows) - math.log(num_cols)
 
         for _ in range(iterations):
             if distributed:
