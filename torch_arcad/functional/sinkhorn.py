@@ -59,9 +59,9 @@ def sinkhorn_knopp(
         raise ValueError(f"mask must have shape (N,) = ({num_rows},), got {tuple(mask.shape)}")
 
     with torch.autocast(device_type=scores.device.type, enabled=False):
+        # No shift is needed: every normalisation is a logsumexp, which is stable by itself. (A per-row shift
+        # would change the finite-iteration iterates, since the first scaling is over columns.)
         log_q = scores.float() / epsilon
-        # A per-row shift is absorbed by u; it keeps the largest entry of each row at 0.
-        log_q = log_q - log_q.amax(dim=1, keepdim=True)
         neg_inf = -math.inf
         distributed = gather_distributed
         if mask is not None:
