@@ -55,7 +55,9 @@ def binary_focal_loss_with_logits(
     targets = targets.to(logits.dtype)
     ce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
     one_minus_pt = torch.sigmoid(logits) * (1 - targets) + torch.sigmoid(-logits) * targets
-    loss = ce * one_minus_pt.pow(gamma) if gamma != 0 else ce
+    # clamped so that pow's derivative stays finite for 0 < gamma < 1 when a logit saturates
+    modulating = one_minus_pt.clamp_min(torch.finfo(one_minus_pt.dtype).tiny).pow(gamma)
+    loss = ce * modulating if gamma != 0 else ce
     if alpha is not None and alpha >= 0:
         loss = loss * (alpha * targets + (1 - alpha) * (1 - targets))
     if weight is not None:

@@ -155,7 +155,14 @@ def ema_prototypes(prototypes: Tensor, targets: Tensor, momentum: float) -> Tens
     Returns:
         (K, D) new unit-norm prototypes (float32).
     """
+    check_rank("prototypes", prototypes, 2, "(K, D)")
+    if targets.shape != prototypes.shape:
+        raise ValueError(
+            f"targets must have the shape (K, D) = {tuple(prototypes.shape)} of prototypes, got {tuple(targets.shape)}"
+        )
     if not 0.0 <= momentum <= 1.0:
         raise ValueError(f"momentum must be in [0, 1], got {momentum}")
-    moved = momentum * prototypes.float() + (1 - momentum) * F.normalize(targets.float(), dim=1)
-    return F.normalize(moved, dim=1)
+    current = prototypes.float()
+    moved = F.normalize(momentum * current + (1 - momentum) * F.normalize(targets.float(), dim=1), dim=1)
+    no_mass = (targets == 0).all(dim=1, keepdim=True)
+    return torch.where(no_mass, current, moved)

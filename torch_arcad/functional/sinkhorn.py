@@ -84,13 +84,25 @@ def sinkhorn_knopp(
             else:
                 column_lse = torch.logsumexp(log_q, dim=0)
             log_q = log_q - (column_lse - log_column_mass)
-            log_q = log_q - torch.logsumexp(log_q, dim=1, keepdim=True)
+            log_q = _normalize_rows(log_q)
             if valid is not None:
                 # masked rows are -inf everywhere; their row step gives NaN, which is discarded here
                 log_q = torch.where(valid, log_q, neg_inf)
 
         if iterations == 0:
-            log_q = log_q - torch.logsumexp(log_q, dim=1, keepdim=True)
+            log_q = _normalize_rows(log_q)
             if valid is not None:
                 log_q = torch.where(valid, log_q, neg_inf)
         return log_q.exp_()
+
+
+def _normalize_rows(log_q: Tensor) -> Tensor:
+    """Rows of ``exp(log_q)`` scaled to sum 1, in the log domain.
+
+    The row maximum is subtracted first (exactly) and the log-sum taken of the shifted row: for entries near 1e7
+    (scores 1e4 at epsilon 1e-3) float32 cannot represent ``max + log 2``, so subtracting ``logsumexp`` directly
+    would lose the normalisation. Rows that are entirely -inf (masked) come out NaN and are replaced by the caller.
+    """
+    row_max = log_q.amax(dim=1, keepdim=True)
+    shifted = log_q - torch.where(torch.isfinite(row_max), row_max, torch.zeros_like(row_max))
+    return shifted - shifted.exp().sum(dim=1, keepdim=True).log()
