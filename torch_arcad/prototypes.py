@@ -28,8 +28,9 @@ class PrototypeOutput(NamedTuple):
         assignments: (N, K) float32 transport plan Q (zero rows for masked-out rows; uniform 1/K before
             initialisation).
         prototypes: (K, D) snapshot of the prototypes the loss used (pre-update), without gradient.
-        similarities: (N, K) float32 cosine similarities ``z mu^T`` to that snapshot, without gradient (zeros
-            before initialisation).
+        similarities: (N, K) float32 cosine similarities ``z mu^T`` to that snapshot, differentiable with
+            respect to ``z`` (the matmul eq. 4 uses; zeros before initialisation). Callers reuse it, e.g. for
+            eq. 8's push term, instead of multiplying again.
     """
 
     loss: Tensor
@@ -251,7 +252,7 @@ class SinkhornPrototypes(nn.Module):
             loss = per_row.sum() / count.clamp_min(1)
         if self.training:
             self._ema_update(z.detach(), q, mu)
-        return PrototypeOutput(loss, q, mu, scores)
+        return PrototypeOutput(loss, q, mu, similarities)
 
     @torch.no_grad()
     def _ema_update(self, z: Tensor, q: Tensor, mu: Tensor) -> None:

@@ -38,9 +38,10 @@ def defect_guided_loss(
         anomaly_weight: optional (M,) weights; the mean becomes ``sum w_m L_m / max(sum w_m, 1)``.
         synthetic_weight: optional (S,) weights of the synthetic mean (``sum w_s a_s / max(sum w_s, 1)``).
         clamp_push: apply ``relu`` to the push term (the released code); the paper has none.
-        similarities: optional (M, K) precomputed ``a mu^T`` (no gradient needed). When given, the push term is
-            ``a . mu_{argmax_k}``: the same value and (sub)gradient as ``max_k a mu_k`` at O(M D) instead of a
-            second (M, K, D) matmul.
+        similarities: optional (M, K) similarities ``a mu^T`` of the l2-normalised anomalies that the caller
+            already has (e.g. the matmul of eq. 3-4, computed for every patch). The push term is then read from
+            them, ``max_k similarities``, and its gradient flows back through them, so no second (M, K, D)
+            matmul is done. They must come from the normalised anomalies for the value to be eq. 8's.
         reduction: ``"mean"``, ``"sum"`` or ``"none"`` ((M,) per-anomaly terms, unweighted).
 
     Returns:
@@ -61,7 +62,7 @@ def defect_guided_loss(
                     f"similarities must have shape (M, K) = ({a.shape[0]}, {mu.shape[0]}), "
                     f"got {tuple(similarities.shape)}"
                 )
-            push = (a * mu[similarities.argmax(dim=1)]).sum(dim=1)
+            push = similarities.float().amax(dim=1)
         else:
             push = (a @ mu.t()).amax(dim=1)
         if clamp_push:

@@ -65,10 +65,12 @@ def synthesize_pseudo_anomalies(
             noise = torch.randn(
                 (z.shape[0], num_candidates, dim), device=z.device, dtype=z.dtype, generator=generator
             ).mul_(sigma)
-            candidates = F.normalize(z.unsqueeze(1) + noise, dim=2)
-            worst_case = (candidates @ mu.t().to(candidates.dtype)).amax(dim=2)  # (n, C) max_k similarity
+            candidates = noise.add_(z.unsqueeze(1))  # z + xi, in place: the chosen noise is recovered below
+            # max_k cos(a', mu_k) = max_k (a' . mu_k) / |a'|: no normalised copy of the candidates is needed
+            dots = candidates @ mu.t().to(candidates.dtype)  # (n, C, K), all candidates in one matmul
+            worst_case = dots.amax(dim=2) / candidates.norm(dim=2)
             pick = worst_case.argmin(dim=1)
-            chosen_noise.append(noise[torch.arange(z.shape[0], device=z.device), pick])
+            chosen_noise.append(candidates[torch.arange(z.shape[0], device=z.device), pick] - z)
     noise = torch.cat(chosen_noise) if chosen_noise else anchors.new_zeros((0, dim))
     source = anchors.detach() if detach else anchors
     return F.normalize(source + noise, dim=1)
