@@ -1,0 +1,230 @@
+"""What the harness expects from a baseline example: the :class:`Detector` interface, the objects an example's
+``build`` and ``train_step`` return, and loading the example files.
+
+An example file (``examples/<baseline>.py``) defines:
+
+* a :class:`Detector` subclass (encoder, bottleneck, decoder, reconstruction loss, anomaly map, image score);
+* ``build(cfg) -> Setup``: the model, the AdamW optimiser and, with ``cfg.arcad``, the ArcAD module with its own
+  parameter group;
+* ``train_step(model, arcad, optimizer, batch, progress) -> StepOutput``: one optimiser step.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+import torch_arcad
+from torch_arcad.layout import features_to_patches
+
+from .config import BASELINES, ExperimentConfig, default_num_prototypes
+
+__all__ = [
+    "Detector",
+    "Reconstruction",
+    "Setup",
+    "StepOutput",
+    "arcad_kwargs",
+    "init_prototypes_from_features",
+    "load_example",
+    "num_prototypes",
+]
+
+#: Folder of the example files (the parent of this package).
+EXAMPLES_DIR: Path = Path(__file__).resolve().parents[1]
+#: At most this many features per prototype enter the offline k-means.
+KMEANS_FEATURES_PER_PROTOTYPE: int = 64
+
+
+class Reconstruction(NamedTuple):
+    """One forward pass of a detector.
+
+    Attributes:
+        targets: encoder features the decoder must reproduce, one (B', C_l, h_l, w_l) map per layer or group.
+        reconstructions: the decoder's maps, same shapes.
+        z: the bottleneck output for the whole batch, what ArcAD calibrates: (B', D, h, w) maps or
+            (B', prefix + h * w, D) tokens. ``B' = branches * B``.
+    """
+
+    targets: list[Tensor]
+    reconstructions: list[Tensor]
+    z: Tensor
+
+
+class Detector(nn.Module):
+    """A reconstruction-based detector: frozen encoder, trainable bottleneck and decoder.
+
+    Subclasses set :attr:`bottleneck_dim`, :attr:`prefix_tokens` and :attr:`branches`, keep their frozen modules in
+    :attr:`frozen` (eval mode whatever ``train()`` says) and implement :meth:`forward`,
+    :meth:`reconstruction_loss`, :meth:`anomaly_map` and :meth:`image_score`.
+    """
+
+    #: Channels / token width D of the bottleneck output ``z``.
+    bottleneck_dim: int
+    #: Leading non-patch tokens of a token ``z`` (0 for maps).
+    prefix_tokens: int = 0
+    #: How many copies of the batch ``z`` stacks (ReContrast: 2, one per encoder).
+    branches: int = 1
+
+    def frozen(self) -> list[nn.Module]:
+        """Modules that stay in eval mode during training (frozen encoders, BatchNorm statistics)."""
+        return []
+
+    def train(self, mode: bool = True) -> Detector:
+        """Set the training mode, keeping the modules of :meth:`frozen` in eval mode."""
+        super().train(mode)
+        for module in self.frozen():
+            module.eval()
+        return self
+
+    def forward(self, images: Tensor) -> Reconstruction:
+        """RGB images float (B, 3, H, W) in [0, 1] -> :class:`Reconstruction`."""
+        raise NotImplementedError
+
+    def reconstruction_loss(self, rec: Reconstruction, weights: Tensor, progress: float) -> Tensor:
+        """The baseline's loss on the images with positive ``weights`` (B,); ``progress`` in [0, 1] drives warm-ups."""
+        raise NotImplementedError
+
+    def anomaly_map(self, rec: Reconstruction, size: tuple[int, int]) -> Tensor:
+        """The baseline's anomaly map before blurring: float (B, H, W) at image resolution ``size``."""
+        raise NotImplementedError
+
+    def image_score(self, maps: Tensor) -> Tensor:
+        """The baseline's image score from blurred maps (B, H, W): (B,)."""
+        raise NotImplementedError
+
+    def patch_grid(self, image_size: int) -> tuple[int, int]:
+        """(h, w) of ``z`` for square images of side ``image_size`` (one dry forward pass)."""
+        parameter = next(self.parameters())
+        was_training = self.training
+        self.eval()
+        try:
+            with torch.no_grad():
+                z = self(torch.zeros(1, 3, image_size, image_size, device=parameter.device)).z
+        finally:
+            self.train(was_training)
+        if z.dim() == 4:
+            return int(z.shape[2]), int(z.shape[3])
+        side = int(round((z.shape[1] - self.prefix_tokens) ** 0.5))
+        return side, side
+
+
+class Setup(NamedTuple):
+    """What an example's ``build`` returns: the model, its optimiser and ArcAD (``None`` without ArcAD)."""
+
+    model: Detector
+    optimizer: torch.optim.Optimizer
+    arcad: torch_arcad.ArcAD | None
+
+
+class StepOutput(NamedTuple):
+    """What an example's ``train_step`` returns.
+
+    Attributes:
+        loss: the total loss of the step (detached scalar).
+        recon: the reconstruction loss (detached scalar).
+        calibration: ArcAD's output (``None`` without ArcAD).
+    """
+
+    loss: Tensor
+    recon: Tensor
+    calibration: torch_arcad.ArcADOutput | None
+
+
+def num_prototypes(cfg: ExperimentConfig, model: Detector) -> int:
+    """K: ``cfg.num_prototypes``, or :func:`~arcad_harness.config.default_num_prototypes` of the patches in one
+    batch (``branches * batch_size * h * w``)."""
+    if cfg.num_prototypes is not None:
+        return cfg.num_prototypes
+    assert cfg.image_size is not None
+    h, w = model.patch_grid(cfg.image_size)
+    return default_num_prototypes(model.branches * cfg.batch_size * h * w)
+
+
+def arcad_kwargs(cfg: ExperimentConfig, model: Detector) -> dict[str, object]:
+    """Keyword arguments of ``torch_arcad.ArcAD`` from the configuration (K, preset, lambdas, prefix tokens, seed)."""
+    spm, dgc, cls = cfg.lambdas
+    return {
+        "num_prototypes": num_prototypes(cfg, model),
+        "preset": cfg.preset,
+        "lambda_spm": spm,
+        "lambda_dgc": dgc,
+        "lambda_cls": cls,
+        "prefix_tokens": model.prefix_tokens,
+        "seed": cfg.seed,
+    }
+
+
+@torch.no_grad()
+def init_prototypes_from_features(
+    model: Detector, arcad: torch_arcad.ArcAD, batches: list[Tensor], seed: int
+) -> int:
+    """Initialise ArcAD's prototypes by k-means of the untrained model's bottleneck features of normal images.
+
+    The model runs in training mode (the features the first steps will see: batch statistics, dropout); its
+    BatchNorm running statistics are restored afterwards, so the pass leaves no trace. At most
+    ``64 K`` features (a seeded random subset) enter the k-means.
+
+    Args:
+        model: the detector.
+        arcad: its ArcAD module.
+        batches: float (B, 3, H, W) batches of normal training images on the model's device.
+        seed: seed of the subset.
+
+    Returns:
+        The number of features available (the prototypes stay uninitialised when it is below K, and the library
+        then initialises them online from the first training batches).
+    """
+    buffers = {name: b.clone() for name, b in model.named_buffers()}
+    was_training = model.training
+    model.train()
+    try:
+        features = []
+        for images in batches:
+            z = model(images).z
+            patches, _ = features_to_patches(z, arcad.prefix_tokens)
+            features.append(patches.reshape(-1, patches.shape[-1]).float())
+    finally:
+        for name, b in model.named_buffers():
+            b.copy_(buffers[name])
+        model.train(was_training)
+    rows = torch.cat(features)
+    k = arcad.prototypes.num_prototypes
+    if rows.shape[0] < k:
+        return int(rows.shape[0])
+    limit = KMEANS_FEATURES_PER_PROTOTYPE * k
+    if rows.shape[0] > limit:
+        generator = torch.Generator().manual_seed(seed)
+        rows = rows[torch.randperm(rows.shape[0], generator=generator)[:limit].to(rows.device)]
+    arcad.prototypes.init_prototypes(torch.nn.functional.normalize(rows, dim=1))
+    return int(rows.shape[0])
+
+
+def load_example(baseline: str) -> ModuleType:
+    """Import ``examples/<baseline>.py`` (once) as the module ``arcad_examples_<baseline>``."""
+    if baseline not in BASELINES:
+        raise ValueError(f"baseline must be one of {BASELINES}, got {baseline!r}")
+    name = f"arcad_examples_{baseline}"
+    if name in sys.modules:
+        return sys.modules[name]
+    path = EXAMPLES_DIR / f"{baseline}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:  # pragma: no cover - the file ships with the examples
+        raise ImportError(f"cannot import the example {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    for attribute in ("build", "train_step"):
+        if not callable(getattr(module, attribute, None)):
+            raise ImportError(f"the example {path} must define {attribute}()")
+    return module

@@ -1,0 +1,197 @@
+"""The training loop shared by the examples: batches, the example's ``train_step``, progress and diagnostics."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any
+
+import torch
+
+from .config import ExperimentConfig
+from .data import ImageSet, RandomBatches
+from .detector import Setup, StepOutput, init_prototypes_from_features
+
+__all__ = ["TrainedModel", "format_duration", "train_model"]
+
+SECONDS_PER_MINUTE: int = 60
+#: Floor of a measured duration (a division guard; far below any step's time).
+MIN_SECONDS: float = 1e-9
+#: Indices of ``stats["discriminator_accuracy"]``: normal, synthetic and real anomalous patches.
+ACCURACY_KEYS: tuple[str, str, str] = ("disc_acc_normal", "disc_acc_synthetic", "disc_acc_real")
+
+
+@dataclass
+class TrainedModel:
+    """A trained detector and what was recorded while training it.
+
+    Attributes:
+        name: the category (single setting) or ``"multi"``.
+        categories: the categories it was trained on.
+        setup: model, optimiser and ArcAD (``None`` without).
+        train_time_s: wall time of the optimisation and of the offline prototype initialisation (model
+            construction and data loading excluded).
+        diagnostics: ``{"history": [per-step dict], "prototype_usage": [K counts], ...}`` (see :func:`train_model`).
+    """
+
+    name: str
+    categories: list[str]
+    setup: Setup
+    train_time_s: float
+    diagnostics: dict[str, Any] = field(default_factory=dict)
+
+
+def format_duration(seconds: float) -> str:
+    """``"2m41s"`` / ``"12s"``."""
+    seconds = max(0.0, seconds)
+    minutes, rest = divmod(int(round(seconds)), SECONDS_PER_MINUTE)
+    return f"{minutes}m{rest:02d}s" if minutes else f"{rest}s"
+
+
+def _step_record(step: int, out: StepOutput, patches_per_step: int) -> tuple[dict[str, Any], torch.Tensor | None]:
+    record: dict[str, Any] = {"step": step, "loss": float(out.loss.detach()), "loss_recon": float(out.recon.detach())}
+    usage = None
+    calibration = out.calibration
+    if calibration is not None:
+        record.update(
+            loss_arcad=float(calibration.loss.detach()),
+            loss_spm=float(calibration.spm.detach()),
+            loss_dgc=float(calibration.dgc.detach()),
+            loss_cls=float(calibration.cls.detach()),
+        )
+        stats = calibration.stats
+        initialized = bool(stats["initialized"])
+        record["initialized"] = initialized
+        if initialized:
+            anomalous = float(stats["num_anomalous"])
+            record["anomalous_fraction"] = anomalous / patches_per_step
+            accuracy = stats["discriminator_accuracy"].tolist()
+            record[ACCURACY_KEYS[0]] = accuracy[0]
+            record[ACCURACY_KEYS[1]] = accuracy[1]
+            if anomalous > 0:  # the accuracy on real anomalies is undefined without any
+                record[ACCURACY_KEYS[2]] = accuracy[2]
+            usage = stats["prototype_usage"].detach().double().cpu()
+    return record, usage
+
+
+def _progress_line(prefix: str, record: dict[str, Any], steps: int, rate: float, elapsed: float) -> str:
+    parts = [f"{prefix} step {record['step']:>{len(str(steps))}}/{steps}", f"loss {record['loss']:.4f}"]
+    terms = f"recon {record['loss_recon']:.4f}"
+    if "loss_spm" in record:
+        terms += f" spm {record['loss_spm']:.3f} dgc {record['loss_dgc']:.3f} cls {record['loss_cls']:.3f}"
+    parts.append(terms)
+    if "anomalous_fraction" in record:
+        accuracy = " ".join(
+            f"{key.split('_')[-1][0]}{record[key]:.2f}" for key in ACCURACY_KEYS if key in record
+        )
+        parts.append(f"anom {100 * record['anomalous_fraction']:.1f}% disc {accuracy}")
+    elif record.get("initialized") is False:
+        parts.append("prototypes not initialised yet")
+    left = (steps - record["step"]) / rate if rate > 0 else math.nan
+    parts.append(f"{rate:.2f} step/s, {format_duration(elapsed)} elapsed, {format_duration(left)} left")
+    return " | ".join(parts)
+
+
+def train_model(
+    example: ModuleType,
+    cfg: ExperimentConfig,
+    train_set: ImageSet,
+    name: str,
+    categories: list[str],
+    log: Callable[[str], None],
+) -> TrainedModel:
+    """Build a detector with the example's ``build`` and train it with its ``train_step``.
+
+    Diagnostics recorded per step (``diagnostics["history"]``): ``loss``, ``loss_recon`` and, with ArcAD,
+    ``loss_arcad`` (the weighted sum), ``loss_spm``, ``loss_dgc``, ``loss_cls``, ``initialized``,
+    ``anomalous_fraction`` (anomalous patches / all patches of the step), ``disc_acc_normal``,
+    ``disc_acc_synthetic`` and ``disc_acc_real`` (the discriminator's accuracy on each kind; the last only when
+    the step had real anomalous patches). ``diagnostics["prototype_usage"]`` sums
+    ``stats["prototype_usage"]`` (normal patches nearest to each prototype) over all steps.
+
+    Args:
+        example: the example module (``build``, ``train_step``).
+        cfg: resolved configuration (``steps``, ``image_size`` set).
+        train_set: the training images (normal only for a run without ArcAD).
+        name: model name for the progress lines and the diagnostics.
+        categories: the categories it is trained on.
+        log: where progress lines go.
+    """
+    assert cfg.steps is not None and cfg.image_size is not None
+    torch.manual_seed(cfg.seed)
+    setup: Setup = example.build(cfg)
+    model, optimizer, arcad = setup
+    device = torch.device(cfg.device)
+    h, w = model.patch_grid(cfg.image_size)
+    patches_per_step = model.branches * cfg.batch_size * h * w
+    arm = "+arcad" if arcad is not None else ""
+    prefix = f"[{cfg.baseline}{arm} {name}]"
+    diagnostics: dict[str, Any] = {
+        "model": name,
+        "categories": list(categories),
+        "train_images": len(train_set),
+        "train_defective": int(train_set.labels.sum()),
+        "patch_grid": [h, w],
+        "patches_per_step": patches_per_step,
+        "history": [],
+    }
+    log(
+        f"{prefix} {len(train_set)} training images ({int(train_set.labels.sum())} defective), "
+        f"{sum(p.numel() for p in model.parameters() if p.requires_grad):,} trainable parameters, z grid {h}x{w}"
+    )
+    start = time.perf_counter()  # the training time includes the prototype initialisation
+    if arcad is not None:
+        k = arcad.prototypes.num_prototypes
+        diagnostics.update(num_prototypes=k, prototype_init=cfg.prototype_init, initialized_step=None)
+        if cfg.prototype_init == "offline":
+            normal = torch.nonzero(train_set.labels == 0).flatten()
+            batches = [train_set.batch(i, device).images for i in normal.split(cfg.batch_size)]
+            available = init_prototypes_from_features(model, arcad, batches, cfg.seed)
+            if arcad.initialized:
+                diagnostics["initialized_step"] = 0
+                log(f"{prefix} K={k} prototypes initialised by k-means of {available:,} normal bottleneck features")
+            else:
+                log(f"{prefix} only {available} normal features for K={k}: the prototypes initialise online")
+        else:
+            size = arcad.prototypes.init_size
+            log(f"{prefix} K={k} prototypes initialise online from the first {size} normal patches")
+
+    usage_total = torch.zeros(arcad.prototypes.num_prototypes, dtype=torch.float64) if arcad is not None else None
+    batches_iter = RandomBatches(len(train_set), cfg.batch_size, cfg.seed)
+    model.train()
+    if arcad is not None:
+        arcad.train()
+    window_start, window_steps = time.perf_counter(), 0
+    for step in range(1, cfg.steps + 1):
+        batch = train_set.batch(next(batches_iter), device)
+        out = example.train_step(model, arcad, optimizer, batch, (step - 1) / cfg.steps)
+        record, usage = _step_record(step, out, patches_per_step)
+        if not all(math.isfinite(v) for k, v in record.items() if k.startswith("loss")):
+            raise FloatingPointError(f"{prefix} step {step}: a loss is not finite: {record}")
+        diagnostics["history"].append(record)
+        if usage is not None and usage_total is not None:
+            usage_total += usage
+            if diagnostics.get("initialized_step") is None:
+                diagnostics["initialized_step"] = step
+        window_steps += 1
+        if cfg.log_every and (step % cfg.log_every == 0 or step == cfg.steps):
+            now = time.perf_counter()
+            rate = window_steps / max(now - window_start, MIN_SECONDS)
+            log(_progress_line(prefix, record, cfg.steps, rate, now - start))
+            window_start, window_steps = now, 0
+    train_time = time.perf_counter() - start
+    if usage_total is not None:
+        diagnostics["prototype_usage"] = [int(round(v)) for v in usage_total.tolist()]
+        used = int((usage_total > 0).sum())
+        diagnostics["prototypes_used"] = used
+        log(f"{prefix} {used}/{usage_total.numel()} prototypes received normal patches during training")
+    diagnostics["train_time_s"] = train_time
+    diagnostics["steps_per_s"] = cfg.steps / max(train_time, MIN_SECONDS)
+    model.eval()
+    if arcad is not None:
+        arcad.eval()
+    return TrainedModel(name=name, categories=list(categories), setup=setup, train_time_s=train_time,
+                        diagnostics=diagnostics)

