@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from torch_arcad.backbones._preprocess import standardize
 from torch_arcad.backbones.checkpoint import load_checkpoint
 
 __all__ = [
@@ -127,11 +128,7 @@ def normalize(images: Tensor) -> Tensor:
     Returns:
         Float tensor (B, 3, H, W), same dtype and device.
     """
-    if images.ndim != 4 or images.shape[1] != IN_CHANNELS:
-        raise ValueError(f"expected images of shape (B, 3, H, W), received {tuple(images.shape)}")
-    mean = images.new_tensor(INPUT_MEAN).view(1, IN_CHANNELS, 1, 1)
-    std = images.new_tensor(INPUT_STD).view(1, IN_CHANNELS, 1, 1)
-    return (images - mean) / std
+    return standardize(images, INPUT_MEAN, INPUT_STD)
 
 
 class SamePadConv2d(nn.Conv2d):
