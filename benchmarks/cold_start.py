@@ -1,0 +1,776 @@
+"""Cold-start benchmark: each baseline with and without ArcAD on the same cold-start splits, over several seeds.
+
+Usage::
+
+    python benchmarks/cold_start.py --data-root DIR --output OUT [--categories a b] \\
+        [--baselines rd4ad dinomaly recontrast] [--seeds 0 1] [--steps N] [--image-size S] [--batch-size B] \\
+        [--num-prototypes K] [--lambdas SPM DGC CLS] [--preset paper|official] [--threads T]
+    python benchmarks/cold_start.py --quick --output OUT          # seconds, synthetic data
+    python benchmarks/cold_start.py ... --tables-only             # rewrite the tables from the stored runs
+
+For every category, baseline and seed ``s`` (split seed and training seed together), the cold-start split of
+section 4.1 is made once with :func:`torch_arcad.coldstart.make_split` (``OUT/splits/seed<s>.json``) and two
+arms are trained on it with identical settings by the examples harness (``examples/arcad_harness``):
+
+* ``baseline``: the plain detector (trained on the split's normal images only), scored by reconstruction;
+* ``arcad``: the same detector plus ArcAD (trained on the whole split), scored by every score kind the
+  harness reports (``recon``, ``prototype``, ``discriminator``, ``fused``).
+
+Runs go baseline by baseline (in the order given), then seed, then category, so a benchmark stopped early has
+complete pairs for the first baselines. Each run is stored as ``OUT/runs/<category>/<baseline>/<arm>/seed<s>.json``
+(metrics, wall times, the harness's resolved configuration and diagnostics). A run whose file exists is skipped,
+so an interrupted benchmark continues where it stopped when started again; a file written with different settings
+is an error, not reused.
+
+After the runs, the tables are written:
+
+* ``OUT/tables/<category>_<baseline>.md`` / ``.json``: I-AUROC, P-AUROC, P-F1-max and AUPRO (percent, mean and
+  sample standard deviation over seeds) of the baseline's reconstruction score and of every score kind of the
+  +ArcAD arm, the gain of each over the baseline (both arms share each split, so the gain is taken per seed, then
+  averaged), the number of seeds and the training and evaluation time of each arm;
+* ``OUT/diagnostics.md`` / ``.json``: one line per +ArcAD run: each loss term early and late in training, the
+  share of anomalous patches, the discriminator's accuracy, and the prototypes' usage (how many were used, the
+  effective number, the largest share);
+* ``OUT/summary.md`` / ``summary.json``: the command, the configuration (image size, steps, batch, K, lambdas, the
+  values the harness chose automatically), the machine, all tables and the diagnostics.
+
+On a shared CPU, ``--threads 1`` (with ``OMP_NUM_THREADS=1``) avoids thread contention, which can slow small
+tensor operations tenfold.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+try:
+    import torch_arcad
+except ImportError:  # run as a script from a source checkout
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    import torch_arcad
+
+import torch
+
+from torch_arcad.coldstart import load_split, make_split, save_split, split_summary
+
+__all__ = [
+    "ARMS",
+    "BASELINES",
+    "METRICS",
+    "SCORE_KINDS",
+    "aggregate",
+    "diagnostics_summary",
+    "machine_description",
+    "main",
+    "make_config",
+    "markdown_table",
+    "mean_std",
+    "resolved_settings",
+    "run_benchmark",
+    "run_file",
+    "write_tables",
+]
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+#: The arms compared on each split: the plain detector and the detector with ArcAD.
+ARMS: tuple[str, ...] = ("baseline", "arcad")
+#: Arm names as printed in the tables.
+ARM_LABELS: dict[str, str] = {"baseline": "baseline", "arcad": "+ArcAD"}
+#: Baselines of the examples harness.
+BASELINES: tuple[str, ...] = ("dinomaly", "rd4ad", "recontrast")
+#: Default order of the runs: the two cheaper detectors first.
+DEFAULT_BASELINE_ORDER: tuple[str, ...] = ("rd4ad", "dinomaly", "recontrast")
+#: Score kinds of a +ArcAD run (a baseline run has ``recon`` only).
+SCORE_KINDS: tuple[str, ...] = ("recon", "prototype", "discriminator", "fused")
+#: The baseline is always scored by reconstruction.
+BASELINE_KIND: str = "recon"
+#: Metrics in the order of the tables.
+METRICS: tuple[str, ...] = ("i_auroc", "p_auroc", "p_f1_max", "aupro")
+METRIC_LABELS: dict[str, str] = {"i_auroc": "I-AUROC", "p_auroc": "P-AUROC", "p_f1_max": "P-F1-max", "aupro": "AUPRO"}
+#: Metrics come back as fractions; the tables print percent.
+PERCENT: float = 100.0
+#: Version of the per-run file format.
+RUN_FORMAT_VERSION: int = 1
+#: Harness fields set per run or without effect on the results; they are not part of the shared settings.
+PER_RUN_FIELDS: tuple[str, ...] = (
+    "baseline", "arcad", "categories", "seed", "split_seed", "split_path", "output_dir", "figures", "data_root",
+    "verbose", "score", "synthetic",
+)
+#: Windows of the training history averaged for the "first" and "last" values of the diagnostics.
+FIRST_WINDOW: float = 0.05
+LAST_WINDOW: float = 0.1
+#: Settings that may differ between a stored run and a resumed benchmark: they do not change a run's result.
+RESUME_IGNORED: tuple[str, ...] = ("seeds", "log_every")
+#: A prototype is "in use" when it receives a positive share of the hard assignments.
+USAGE_EPS: float = 0.0
+
+#: ``--quick``: tiny synthetic data set and a few steps, for the test suite.
+QUICK_STEPS: int = 2
+QUICK_IMAGE_SIZE: int = 32
+QUICK_BATCH_SIZE: int = 4
+QUICK_NUM_PROTOTYPES: int = 8
+QUICK_WIDTH: int = 32
+QUICK_SYNTHETIC_CATEGORY: str = "grid"
+QUICK_SYNTHETIC_IMAGE_SIZE: int = 32
+QUICK_NUM_TRAIN: int = 20
+QUICK_NUM_TEST_GOOD: int = 4
+QUICK_DEFECTS_PER_KIND: int = 2
+
+
+# ------------------------------------------------------------------------------------------ helpers
+
+
+def _harness() -> Any:
+    """Import the examples harness (``examples/arcad_harness``) from the source checkout."""
+    examples = str(REPO_ROOT / "examples")
+    if examples not in sys.path:
+        sys.path.insert(0, examples)
+    try:
+        import arcad_harness
+    except ImportError as error:  # pragma: no cover - depends on the checkout
+        raise ImportError(
+            f"the cold-start benchmark needs the examples harness at {examples}/arcad_harness and its optional "
+            f'dependencies (pip install "torch-arcad[examples]"): {error}'
+        ) from error
+    return arcad_harness
+
+
+def _write_json(path: Path, data: Any) -> None:
+    """Write ``data`` as JSON atomically (temporary file renamed into place)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=False, default=_json_default) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().tolist()
+    if isinstance(value, Path):
+        return str(value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    if hasattr(value, "tolist"):  # numpy arrays and scalars
+        return value.tolist()
+    raise TypeError(f"cannot store {type(value).__name__} as JSON")
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value); ``nan`` for none or non-finite values.
+
+    Args:
+        values: floats.
+
+    Returns:
+        ``(mean, std)``.
+    """
+    finite = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    if not finite or len(finite) != len(values):
+        return math.nan, math.nan
+    if len(finite) == 1:
+        return finite[0], 0.0
+    return statistics.fmean(finite), statistics.stdev(finite)
+
+
+def _fmt(mean: float, std: float, digits: int = 1, signed: bool = False) -> str:
+    if not math.isfinite(mean):
+        return "n/a"
+    sign = "+" if signed else ""
+    return f"{mean:{sign}.{digits}f} ± {std:.{digits}f}"
+
+
+def machine_description() -> dict[str, Any]:
+    """The machine the benchmark ran on: CPU model, cores, torch threads, versions, accelerator."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_arcad": getattr(torch_arcad, "__version__", "unknown"),
+        "platform": platform.platform(),
+    }
+
+
+# ------------------------------------------------------------------------------------------ runs
+
+
+def run_file(output: Path, category: str, baseline: str, arm: str, seed: int) -> Path:
+    """Where the result of one run is stored: ``output/runs/<category>/<baseline>/<arm>/seed<seed>.json``."""
+    return output / "runs" / category / baseline / arm / f"seed{seed}.json"
+
+
+def make_config(
+    settings: Mapping[str, Any], *, baseline: str, arm: str, category: str, seed: int, split_path: Path
+) -> Any:
+    """The harness's ``ExperimentConfig`` for one run.
+
+    Args:
+        settings: the shared settings (``data_root``, ``steps``, ``batch_size``, ``image_size``, ``lr``,
+            ``num_prototypes``, ``lambdas``, ``encoder``, ``weights``, ``device``, ``log_every``, ``eval_stride``,
+            ``setting``); keys the harness's config does not know are ignored.
+        baseline: one of :data:`BASELINES`.
+        arm: one of :data:`ARMS`.
+        category: the category trained and evaluated.
+        seed: split seed and training seed.
+        split_path: the cold-start manifest of that seed.
+
+    The harness writes no files of its own (``output_dir=None``): the benchmark stores each run itself.
+    """
+    harness = _harness()
+    known = {f.name for f in dataclasses.fields(harness.ExperimentConfig)}
+    values: dict[str, Any] = {k: v for k, v in settings.items() if k in known and v is not None}
+    values.update(
+        baseline=baseline,
+        arcad=arm == "arcad",
+        categories=[category],
+        seed=seed,
+        split_seed=seed,
+        split_path=str(split_path),
+        output_dir=None,
+        figures=False,
+    )
+    if "lambdas" in values:
+        values["lambdas"] = tuple(values["lambdas"])
+    return harness.ExperimentConfig(**{k: v for k, v in values.items() if k in known})
+
+
+def _run_one(
+    settings: Mapping[str, Any], *, baseline: str, arm: str, category: str, seed: int, split_path: Path
+) -> dict[str, Any]:
+    harness = _harness()
+    cfg = make_config(settings, baseline=baseline, arm=arm, category=category, seed=seed, split_path=split_path)
+    start = time.perf_counter()
+    result = harness.run_experiment(cfg)
+    wall = time.perf_counter() - start
+    scores = result["categories"][category]
+    return {
+        "format_version": RUN_FORMAT_VERSION,
+        "settings": dict(settings),
+        "category": category,
+        "baseline": baseline,
+        "arm": arm,
+        "seed": seed,
+        "split": str(split_path),
+        "scores": scores,
+        "train_time_s": float(result.get("train_time_s", math.nan)),
+        "eval_time_s": float(result.get("eval_time_s", math.nan)),
+        "wall_time_s": wall,
+        "torch_threads": torch.get_num_threads(),
+        "diagnostics": result.get("diagnostics"),
+        "fusion": result.get("fusion"),
+        "harness_config": result.get("config"),
+        "harness_split": result.get("split"),
+    }
+
+
+def _settings_key(settings: Mapping[str, Any]) -> str:
+    """The settings a stored run must share with the current ones to be reused (printing and the seed list aside)."""
+    kept = {k: v for k, v in settings.items() if k not in RESUME_IGNORED}
+    return json.dumps(kept, sort_keys=True, default=_json_default)
+
+
+def _load_existing(path: Path, settings: Mapping[str, Any]) -> dict[str, Any]:
+    record = json.loads(path.read_text(encoding="utf-8"))
+    stored = record.get("settings", {})
+    if _settings_key(stored) != _settings_key(settings):
+        keys = sorted(
+            k for k in set(stored) | set(settings) if k not in RESUME_IGNORED and stored.get(k) != settings.get(k)
+        )
+        differences = ", ".join(f"{k}: stored {stored.get(k)!r}, now {settings.get(k)!r}" for k in keys)
+        raise ValueError(
+            f"{path} was written with other settings ({differences}). Use another --output folder or remove the file."
+        )
+    return record
+
+
+def _make_splits(
+    data_root: Path, categories: Sequence[str], seeds: Sequence[int], output: Path, log: Any
+) -> dict[int, Path]:
+    paths: dict[int, Path] = {}
+    for seed in seeds:
+        path = output / "splits" / f"seed{seed}.json"
+        if path.is_file():
+            split = load_split(path)
+            missing = [c for c in categories if c not in split["categories"]]
+            if missing or Path(split["root"]) != data_root.resolve():
+                raise ValueError(
+                    f"{path} does not match this benchmark (root {split['root']!r}, categories "
+                    f"{sorted(split['categories'])}); expected root {str(data_root.resolve())!r} and {list(categories)}"
+                )
+        else:
+            split = make_split(data_root, categories=list(categories), seed=seed)
+            save_split(split, path)
+        for category in categories:
+            log(f"split seed {seed}: {split_summary(split, category)}")
+        paths[seed] = path
+    return paths
+
+
+# ------------------------------------------------------------------------------------------ tables
+
+
+def _window_mean(values: Sequence[float], fraction: float, tail: bool) -> float:
+    """Mean of the first (or last) ``fraction`` of ``values`` (at least one value)."""
+    n = max(1, int(len(values) * fraction))
+    return statistics.fmean(values[-n:] if tail else values[:n])
+
+
+def diagnostics_summary(diagnostics: Any, category: str | None = None) -> dict[str, Any]:
+    """Condense the harness's diagnostics of one +ArcAD run.
+
+    The harness records, per model (``diagnostics[category]`` in the single setting), a ``history`` of per-step
+    dicts (``loss``, ``loss_recon``, ``loss_arcad``, ``loss_spm``, ``loss_dgc``, ``loss_cls``, ``initialized``,
+    ``anomalous_fraction``, ``disc_acc_normal`` / ``_synthetic`` / ``_real``) and ``prototype_usage``: the number
+    of normal patches nearest to each prototype, summed over all steps. Steps before the prototypes were
+    initialised are left out. Single steps are noisy, so "first" is the mean of the first
+    :data:`FIRST_WINDOW` of the steps and "last" the mean of the last :data:`LAST_WINDOW` (at least one step each).
+
+    Args:
+        diagnostics: the ``"diagnostics"`` entry of a harness result (or one model's entry).
+        category: the model's name to pick from ``diagnostics``.
+
+    Returns:
+        ``{"terms": {term: {"first", "last"}}, "anomalous_fraction": {"first", "last", "mean"},
+        "discriminator_accuracy": {kind: {"first", "last"}}, "prototypes_used", "num_prototypes", "max_share",
+        "effective_prototypes"}`` (the effective number is ``exp`` of the usage's entropy: K for even use, 1 when
+        one prototype takes everything); keys whose source is absent are left out.
+    """
+    if not isinstance(diagnostics, Mapping):
+        return {}
+    diag: Mapping[str, Any] = diagnostics
+    if category is not None and isinstance(diag.get(category), Mapping):
+        diag = diag[category]
+    summary: dict[str, Any] = {}
+
+    series: dict[str, list[float]] = {}
+    history = diag.get("history")
+    if isinstance(history, Sequence):
+        for entry in history:
+            if not isinstance(entry, Mapping) or entry.get("initialized") is False:
+                continue
+            for key, value in entry.items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool) and key != "step":
+                    series.setdefault(key, []).append(float(value))
+
+    def window(values: list[float]) -> dict[str, float]:
+        return {"first": _window_mean(values, FIRST_WINDOW, False), "last": _window_mean(values, LAST_WINDOW, True)}
+
+    terms = {k: window(v) for k, v in series.items() if k.startswith("loss")}
+    if terms:
+        summary["terms"] = terms
+    if "anomalous_fraction" in series:
+        values = series["anomalous_fraction"]
+        summary["anomalous_fraction"] = {**window(values), "mean": statistics.fmean(values)}
+    accuracy = {k.removeprefix("disc_acc_"): window(v) for k, v in series.items() if k.startswith("disc_acc")}
+    if accuracy:
+        summary["discriminator_accuracy"] = accuracy
+
+    usage = diag.get("prototype_usage")
+    if isinstance(usage, Sequence) and usage and all(isinstance(u, (int, float)) for u in usage):
+        total = float(sum(usage))
+        summary["num_prototypes"] = len(usage)
+        summary["prototypes_used"] = sum(1 for u in usage if u > USAGE_EPS)
+        summary["max_share"] = max(usage) / total if total > 0 else math.nan
+        # Uniform use would give every prototype 1 / K; the effective number exp(entropy) says how many are in use.
+        shares = [u / total for u in usage if u > 0] if total > 0 else []
+        summary["effective_prototypes"] = math.exp(-sum(p * math.log(p) for p in shares)) if shares else math.nan
+    return summary
+
+
+def _percent(record: Mapping[str, Any], kind: str, metric: str) -> float:
+    return PERCENT * float(record["scores"].get(kind, {}).get(metric, math.nan))
+
+
+def _row(label: str, kind: str, runs: Sequence[Mapping[str, Any]], reference: Mapping[int, Mapping[str, Any]]) -> dict:
+    """One table row: metrics of ``kind`` over ``runs``; gains against the baseline runs ``reference`` (by seed),
+    over the seeds that have both."""
+    row: dict[str, Any] = {"arm": label, "score": kind, "seeds": sorted(r["seed"] for r in runs), "metrics": {}}
+    paired = [r for r in runs if r["seed"] in reference]
+    for metric in METRICS:
+        values = [_percent(r, kind, metric) for r in runs]
+        mean, std = mean_std(values)
+        entry: dict[str, Any] = {"mean": mean, "std": std, "values": values}
+        if paired:
+            ours = [_percent(r, kind, metric) for r in paired]
+            theirs = [_percent(reference[r["seed"]], BASELINE_KIND, metric) for r in paired]
+            entry["gain"] = mean_std(ours)[0] - mean_std(theirs)[0]
+            entry["paired_gain_mean"], entry["paired_gain_std"] = mean_std([a - b for a, b in zip(ours, theirs)])
+            entry["gain_seeds"] = [r["seed"] for r in paired]
+        row["metrics"][metric] = entry
+    for key in ("train_time_s", "eval_time_s", "wall_time_s"):
+        row[key] = dict(zip(("mean", "std"), mean_std([float(r[key]) for r in runs])))
+    return row
+
+
+def aggregate(records: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Group per-run records into tables keyed ``"<category>/<baseline>"``.
+
+    Each table has ``category``, ``baseline``, ``rows`` (the baseline's ``recon`` row first, then one row per
+    score kind of the +ArcAD arm), ``train_overhead`` (mean +ArcAD training time over mean baseline training
+    time) and ``num_seeds`` (seeds with both arms). Only seeds that have both arms enter the gains.
+    """
+    tables: dict[str, dict[str, Any]] = {}
+    groups: dict[tuple[str, str], dict[str, dict[int, Mapping[str, Any]]]] = {}
+    for record in records:
+        key = (record["category"], record["baseline"])
+        groups.setdefault(key, {arm: {} for arm in ARMS})[record["arm"]][int(record["seed"])] = record
+    for (category, baseline), arms in sorted(groups.items()):
+        base, cal = arms["baseline"], arms["arcad"]
+        rows = []
+        if base:
+            rows.append(_row(ARM_LABELS["baseline"], BASELINE_KIND, [base[s] for s in sorted(base)], {}))
+        if cal:
+            paired = {s: base[s] for s in cal if s in base}
+            kinds = [k for k in SCORE_KINDS if any(k in r["scores"] for r in cal.values())]
+            for kind in kinds:
+                rows.append(_row(ARM_LABELS["arcad"], kind, [cal[s] for s in sorted(cal)], paired))
+        overhead = math.nan
+        if base and cal:
+            base_t, _ = mean_std([r["train_time_s"] for r in base.values()])
+            cal_t, _ = mean_std([r["train_time_s"] for r in cal.values()])
+            overhead = cal_t / base_t if base_t > 0 else math.nan
+        tables[f"{category}/{baseline}"] = {
+            "category": category,
+            "baseline": baseline,
+            "num_seeds": len(set(base) & set(cal)),
+            "rows": rows,
+            "train_overhead": overhead,
+        }
+    return tables
+
+
+def markdown_table(table: Mapping[str, Any]) -> str:
+    """A Markdown table of :func:`aggregate`'s output for one category and baseline (percent, mean ± std)."""
+    header = ["arm", "score"] + [METRIC_LABELS[m] for m in METRICS] + [
+        f"gain {METRIC_LABELS[m]}" for m in METRICS
+    ] + ["seeds", "train s", "eval s"]
+    lines = [
+        f"### {table['category']} / {table['baseline']}",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+    ]
+    for row in table["rows"]:
+        cells = [row["arm"], row["score"]]
+        cells += [_fmt(row["metrics"][m]["mean"], row["metrics"][m]["std"]) for m in METRICS]
+        for m in METRICS:
+            entry = row["metrics"][m]
+            cells.append(
+                _fmt(entry["paired_gain_mean"], entry["paired_gain_std"], signed=True) if "gain" in entry else "-"
+            )
+        cells.append(str(len(row["seeds"])))
+        cells += [_fmt(row[k]["mean"], row[k]["std"], digits=0) for k in ("train_time_s", "eval_time_s")]
+        lines.append("| " + " | ".join(cells) + " |")
+    overhead = table.get("train_overhead", math.nan)
+    if math.isfinite(overhead):
+        lines += ["", f"+ArcAD training time: {overhead:.2f}x the baseline's."]
+    return "\n".join(lines) + "\n"
+
+
+def _diagnostics_lines(entries: Sequence[Mapping[str, Any]]) -> str:
+    lines = [
+        f"Terms and accuracies: mean over the first {FIRST_WINDOW:.0%} of steps → mean over the last "
+        f"{LAST_WINDOW:.0%}. Accuracy of the "
+        "discriminator on normal (n), synthetic (s) and real anomalous (r) patches. Prototypes: used at least once / "
+        "K, effective number exp(entropy) of the usage over all steps, largest share.",
+        "",
+        "| category | baseline | seed | spm | dgc | cls | recon | anomalous patches | disc. accuracy n / s / r "
+        "| prototypes used | effective | max share |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for e in entries:
+        s = e["summary"]
+        terms = s.get("terms", {})
+        cells = [e["category"], e["baseline"], str(e["seed"])]
+        for key in ("loss_spm", "loss_dgc", "loss_cls", "loss_recon"):
+            t = terms.get(key)
+            cells.append(f"{t['first']:.3g} → {t['last']:.3g}" if t else "n/a")
+        frac = s.get("anomalous_fraction")
+        cells.append(f"{100 * frac['mean']:.2f}%" if frac else "n/a")
+        acc = s.get("discriminator_accuracy", {})
+        cells.append(
+            " / ".join(
+                f"{acc[k]['first']:.2f} → {acc[k]['last']:.2f}" if k in acc else "n/a"
+                for k in ("normal", "synthetic", "real")
+            )
+        )
+        cells.append(f"{s['prototypes_used']} / {s['num_prototypes']}" if "prototypes_used" in s else "n/a")
+        cells.append(f"{s['effective_prototypes']:.0f}" if "effective_prototypes" in s else "n/a")
+        cells.append(f"{s['max_share']:.3f}" if "max_share" in s else "n/a")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def resolved_settings(records: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """What the harness chose per baseline for the settings left automatic: K, eval stride, patch grid and
+    patches per step (from the +ArcAD runs' resolved configuration and diagnostics)."""
+    resolved: dict[str, dict[str, Any]] = {}
+    for r in records:
+        if r["arm"] != "arcad" or r["baseline"] in resolved:
+            continue
+        config = r.get("harness_config") or {}
+        diag = (r.get("diagnostics") or {}).get(r["category"], {})
+        resolved[r["baseline"]] = {
+            "num_prototypes": config.get("num_prototypes"),
+            "eval_stride": config.get("eval_stride"),
+            "patch_grid": diag.get("patch_grid"),
+            "patches_per_step": diag.get("patches_per_step"),
+        }
+    return resolved
+
+
+def _config_lines(settings: Mapping[str, Any], machine: Mapping[str, Any], command: str) -> str:
+    keys = ("steps", "batch_size", "image_size", "lr", "weight_decay", "num_prototypes", "lambdas", "preset",
+            "prototype_init", "encoder", "weights", "width", "setting", "eval_stride", "device")
+    lines = ["## Configuration", "", f"Command: `{command}`", ""]
+    lines += [f"- {k}: {settings.get(k)}" for k in keys if k in settings]
+    lines += [f"- seeds (split seed = training seed): {settings.get('seeds')}"]
+    lines += [f"- machine: {machine['cpu']}, {machine['cpu_count']} cores, {machine['torch_threads']} torch threads, "
+              f"accelerator {machine['cuda'] or 'none'}; Python {machine['python']}, torch {machine['torch']}"]
+    return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------------------------------------ driver
+
+
+def run_benchmark(
+    output: Path,
+    *,
+    data_root: Path,
+    categories: Sequence[str],
+    baselines: Sequence[str],
+    seeds: Sequence[int],
+    settings: Mapping[str, Any],
+    command: str = "",
+    log: Any = print,
+    tables_only: bool = False,
+) -> dict[str, Any]:
+    """Run (or resume) every category x baseline x arm x seed and write the tables.
+
+    Args:
+        output: output folder (created).
+        data_root: data set root in the MVTec AD layout.
+        categories, baselines, seeds: what to run.
+        settings: shared settings passed to every run (see :func:`make_config`).
+        command: the command line, stated in the output.
+        log: progress printer.
+        tables_only: run nothing; write the tables of the runs already stored.
+
+    Returns:
+        The summary (also written to ``output/summary.json``): ``config``, ``machine``, ``tables``,
+        ``diagnostics``, ``total_wall_time_s`` (sum over the runs, resumed ones included).
+    """
+    output.mkdir(parents=True, exist_ok=True)
+    settings = {**settings, "seeds": list(seeds)}
+    splits = _make_splits(data_root, categories, seeds, output, log)
+    records: list[dict[str, Any]] = []
+    # Baselines outermost (in the order given), so that a run stopped early has complete tables for the first ones.
+    for baseline in baselines:
+        for seed in seeds:
+            for category in categories:
+                for arm in ARMS:
+                    path = run_file(output, category, baseline, arm, seed)
+                    if path.is_file():
+                        record = _load_existing(path, settings)
+                        log(f"[skip] {category} {baseline} {arm} seed {seed}: {path} exists")
+                    elif tables_only:
+                        continue
+                    else:
+                        log(f"[run ] {category} {baseline} {arm} seed {seed} ...")
+                        record = _run_one(
+                            settings, baseline=baseline, arm=arm, category=category, seed=seed,
+                            split_path=splits[seed],
+                        )
+                        _write_json(path, record)
+                        recon = record["scores"].get(BASELINE_KIND, {})
+                        log(
+                            f"[done] {category} {baseline} {arm} seed {seed}: "
+                            + " ".join(f"{METRIC_LABELS[m]} {PERCENT * recon.get(m, math.nan):.1f}" for m in METRICS)
+                            + f" ({record['wall_time_s']:.0f} s)"
+                        )
+                    records.append(record)
+    return write_tables(output, records, settings, command)
+
+
+def write_tables(
+    output: Path, records: Sequence[Mapping[str, Any]], settings: Mapping[str, Any], command: str
+) -> dict[str, Any]:
+    """Write the per-table, diagnostics and summary files for ``records`` (see the module docstring)."""
+    machine = machine_description()
+    threads = sorted({r["torch_threads"] for r in records if r.get("torch_threads")})
+    if threads:  # what the runs used, which a --tables-only call need not share
+        machine["torch_threads"] = threads[0] if len(threads) == 1 else threads
+    tables = aggregate(records)
+    for table in tables.values():
+        stem = f"{table['category']}_{table['baseline']}"
+        _write_json(output / "tables" / f"{stem}.json", {"config": dict(settings), "machine": machine, **table})
+        _write_text(output / "tables" / f"{stem}.md", markdown_table(table))
+    diagnostics = [
+        {
+            "category": r["category"],
+            "baseline": r["baseline"],
+            "seed": r["seed"],
+            "summary": diagnostics_summary(r.get("diagnostics"), r["category"]),
+        }
+        for r in records
+        if r["arm"] == "arcad"
+    ]
+    _write_json(output / "diagnostics.json", diagnostics)
+    _write_text(output / "diagnostics.md", "# +ArcAD diagnostics\n\n" + _diagnostics_lines(diagnostics))
+    resolved = resolved_settings(records)
+    summary = {
+        "config": dict(settings),
+        "resolved": resolved,
+        "command": command,
+        "machine": machine,
+        "tables": tables,
+        "diagnostics": diagnostics,
+        "total_wall_time_s": sum(float(r["wall_time_s"]) for r in records),
+    }
+    _write_json(output / "summary.json", summary)
+    text = ["# Cold-start benchmark", "", _config_lines(settings, machine, command)]
+    for baseline, values in resolved.items():
+        text.append(f"- {baseline}: " + ", ".join(f"{k} {v}" for k, v in values.items()))
+    text += ["", "## Results (percent)", ""]
+    text += ["Gains are +ArcAD minus the baseline's reconstruction score, per seed on the same split, "
+             "then mean ± std over seeds.", ""]
+    text += [markdown_table(t) for t in tables.values()]
+    text += [f"Total wall time of the runs: {summary['total_wall_time_s'] / 60:.1f} min.", ""]
+    text += ["## +ArcAD diagnostics", "", _diagnostics_lines(diagnostics)]
+    _write_text(output / "summary.md", "\n".join(text))
+    return summary
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--output", required=True, type=Path, help="output folder (runs, tables, summary)")
+    p.add_argument("--data-root", type=Path, default=None,
+                   help="data set root in the MVTec AD layout (with --quick: optional, synthetic data otherwise)")
+    p.add_argument("--categories", nargs="+", default=None, help="categories (default: all under --data-root)")
+    p.add_argument("--baselines", nargs="+", default=list(DEFAULT_BASELINE_ORDER), choices=BASELINES,
+                   help="detectors, run in this order (default: %(default)s)")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1], help="split seed = training seed (default: 0 1)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: torch's choice); 1 avoids thread contention on a shared machine")
+    p.add_argument("--tables-only", action="store_true", help="run nothing: write the tables of the stored runs")
+    p.add_argument("--quick", action="store_true", help="tiny run for tests: synthetic data, a few steps, tiny images")
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--image-size", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--num-prototypes", type=int, default=None, help="K")
+    p.add_argument("--lambdas", nargs=3, type=float, default=None, metavar=("SPM", "DGC", "CLS"))
+    p.add_argument("--preset", default=None, choices=("paper", "official"), help="ArcAD preset (default: paper)")
+    p.add_argument("--prototype-init", default=None, choices=("offline", "online"),
+                   help="prototype initialisation (default: the harness's, offline k-means)")
+    p.add_argument("--width", type=int, default=None, help="model width (the harness's default for the encoder)")
+    p.add_argument("--encoder", default=None)
+    p.add_argument("--weights", default=None)
+    p.add_argument("--device", default=None)
+    p.add_argument("--setting", default="single", choices=("single", "multi"))
+    p.add_argument("--log-every", type=int, default=None)
+    p.add_argument("--eval-stride", type=int, default=None)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line entry point; returns the exit status."""
+    args = _parser().parse_args(argv)
+    if args.threads is not None:
+        if args.threads < 1:
+            raise SystemExit(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    # The tables depend on the runs only, so a --tables-only regeneration states the command that ran them.
+    given = [a for a in (sys.argv[1:] if argv is None else argv) if a != "--tables-only"]
+    command = "python benchmarks/cold_start.py " + " ".join(given)
+    if args.quick:
+        defaults = {"steps": QUICK_STEPS, "image_size": QUICK_IMAGE_SIZE, "batch_size": QUICK_BATCH_SIZE,
+                    "num_prototypes": QUICK_NUM_PROTOTYPES, "width": QUICK_WIDTH, "log_every": 1}
+    else:
+        defaults = {}
+    if args.data_root is None:
+        if not args.quick:
+            raise SystemExit("--data-root is required (or use --quick for a synthetic data set)")
+        from torch_arcad.datasets import make_synthetic_dataset
+
+        data_root = make_synthetic_dataset(
+            args.output / "synthetic",
+            categories=[QUICK_SYNTHETIC_CATEGORY],
+            image_size=QUICK_SYNTHETIC_IMAGE_SIZE,
+            num_train=QUICK_NUM_TRAIN,
+            num_test_good=QUICK_NUM_TEST_GOOD,
+            num_defects_per_kind=QUICK_DEFECTS_PER_KIND,
+        )
+    else:
+        data_root = args.data_root
+        if not data_root.is_dir():
+            raise SystemExit(f"--data-root {str(data_root)!r} is not a folder")
+    if args.categories is None:
+        from torch_arcad.datasets import list_categories
+
+        categories = list_categories(data_root)
+    else:
+        categories = args.categories
+    settings: dict[str, Any] = {"data_root": str(Path(data_root).resolve()), "setting": args.setting}
+    for key in ("steps", "image_size", "batch_size", "lr", "num_prototypes", "lambdas", "preset", "prototype_init",
+                "width", "encoder", "weights", "device", "log_every", "eval_stride"):
+        value = getattr(args, key)
+        if value is None:
+            value = defaults.get(key)
+        if value is not None:
+            settings[key] = list(value) if isinstance(value, (list, tuple)) else value
+    settings = _resolve_defaults(settings)
+    summary = run_benchmark(
+        args.output, data_root=Path(data_root), categories=categories, baselines=args.baselines, seeds=args.seeds,
+        settings=settings, command=command, tables_only=args.tables_only,
+    )
+    print(f"wrote {args.output / 'summary.md'} ({len(summary['tables'])} tables)")
+    return 0
+
+
+def _resolve_defaults(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """Fill the settings left unset with the harness's defaults, so the output states every value used."""
+    harness = _harness()
+    resolved = dict(settings)
+    for f in dataclasses.fields(harness.ExperimentConfig):
+        if f.name in resolved or f.name in PER_RUN_FIELDS:
+            continue
+        if f.default is not dataclasses.MISSING:
+            value = f.default
+        elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+            value = f.default_factory()  # type: ignore[misc]
+        else:
+            continue
+        resolved[f.name] = list(value) if isinstance(value, tuple) else value
+    return resolved
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,199 @@
+"""The cold-start benchmark in its quick mode: files, keys, pairing and resuming (numbers are not asserted)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("PIL")
+
+from benchmarks import cold_start  # noqa: E402
+
+QUICK_BASELINES = ("rd4ad", "dinomaly")
+
+
+def _main(args: list[str]) -> int:
+    """Run the benchmark on one torch thread (tiny tensors: threads only add contention), then restore."""
+    threads = torch.get_num_threads()
+    try:
+        return cold_start.main([*args, "--threads", "1"])
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("cold_start")
+    args = ["--quick", "--output", str(out), "--seeds", "0", "1", "--baselines", *QUICK_BASELINES]
+    assert _main(args) == 0
+    return out
+
+
+def test_one_run_file_per_category_baseline_arm_and_seed(quick_run: Path) -> None:
+    runs = sorted(p.relative_to(quick_run / "runs").as_posix() for p in (quick_run / "runs").rglob("*.json"))
+    expected = sorted(
+        f"{cold_start.QUICK_SYNTHETIC_CATEGORY}/{b}/{arm}/seed{s}.json"
+        for b in QUICK_BASELINES
+        for arm in cold_start.ARMS
+        for s in (0, 1)
+    )
+    assert runs == expected
+
+
+def test_both_arms_of_a_seed_share_one_split(quick_run: Path) -> None:
+    for baseline in QUICK_BASELINES:
+        for seed in (0, 1):
+            records = [
+                json.loads(cold_start.run_file(quick_run, cold_start.QUICK_SYNTHETIC_CATEGORY, baseline, arm, seed)
+                           .read_text())
+                for arm in cold_start.ARMS
+            ]
+            assert records[0]["split"] == records[1]["split"] == str(quick_run / "splits" / f"seed{seed}.json")
+            assert records[0]["settings"] == records[1]["settings"]
+    split0 = json.loads((quick_run / "splits" / "seed0.json").read_text())
+    split1 = json.loads((quick_run / "splits" / "seed1.json").read_text())
+    assert split0["seed"] == 0 and split1["seed"] == 1
+
+
+def test_arcad_runs_report_every_score_kind_and_baselines_recon(quick_run: Path) -> None:
+    category = cold_start.QUICK_SYNTHETIC_CATEGORY
+    for baseline in QUICK_BASELINES:
+        base = json.loads(cold_start.run_file(quick_run, category, baseline, "baseline", 0).read_text())
+        cal = json.loads(cold_start.run_file(quick_run, category, baseline, "arcad", 0).read_text())
+        assert set(base["scores"]) == {"recon"}
+        assert set(cal["scores"]) == set(cold_start.SCORE_KINDS)
+        for scores in (base["scores"]["recon"], *cal["scores"].values()):
+            assert set(cold_start.METRICS) <= set(scores)
+        for record in (base, cal):
+            assert record["train_time_s"] > 0 and record["wall_time_s"] >= record["train_time_s"]
+
+
+def test_tables_have_every_row_metric_and_gain(quick_run: Path) -> None:
+    category = cold_start.QUICK_SYNTHETIC_CATEGORY
+    for baseline in QUICK_BASELINES:
+        table = json.loads((quick_run / "tables" / f"{category}_{baseline}.json").read_text())
+        assert table["num_seeds"] == 2
+        assert table["config"]["image_size"] == cold_start.QUICK_IMAGE_SIZE
+        assert table["config"]["steps"] == cold_start.QUICK_STEPS
+        kinds = [(r["arm"], r["score"]) for r in table["rows"]]
+        assert kinds == [("baseline", "recon")] + [("+ArcAD", k) for k in cold_start.SCORE_KINDS]
+        assert "gain" not in table["rows"][0]["metrics"]["i_auroc"]
+        for row in table["rows"]:
+            assert row["seeds"] == [0, 1]
+            assert set(row["metrics"]) == set(cold_start.METRICS)
+            assert row["train_time_s"]["mean"] > 0
+        base_values = table["rows"][0]["metrics"]
+        for row in table["rows"][1:]:
+            for metric in cold_start.METRICS:
+                entry = row["metrics"][metric]
+                if not math.isfinite(entry["mean"]):
+                    continue
+                # The gain is the difference of the means, and the paired gains average to the same number.
+                assert entry["gain"] == pytest.approx(entry["mean"] - base_values[metric]["mean"])
+                assert entry["paired_gain_mean"] == pytest.approx(entry["gain"])
+        markdown = (quick_run / "tables" / f"{category}_{baseline}.md").read_text()
+        assert markdown.count("\n| ") == 1 + len(table["rows"])  # header + rows
+        for label in cold_start.METRIC_LABELS.values():
+            assert label in markdown
+
+
+def test_summary_states_configuration_machine_and_diagnostics(quick_run: Path) -> None:
+    summary = json.loads((quick_run / "summary.json").read_text())
+    for key in ("steps", "batch_size", "image_size", "num_prototypes", "lambdas", "seeds"):
+        assert key in summary["config"]
+    assert summary["machine"]["cpu_count"] >= 1
+    assert len(summary["tables"]) == len(QUICK_BASELINES)
+    assert summary["total_wall_time_s"] > 0
+    diag = json.loads((quick_run / "diagnostics.json").read_text())
+    assert len(diag) == 2 * len(QUICK_BASELINES)  # one per +ArcAD run
+    for entry in diag:
+        assert {"terms", "prototypes_used", "num_prototypes", "max_share"} <= set(entry["summary"])
+        assert 1 <= entry["summary"]["prototypes_used"] <= entry["summary"]["num_prototypes"]
+        assert 0 < entry["summary"]["max_share"] <= 1
+    text = (quick_run / "summary.md").read_text()
+    assert "image_size" in text and "machine" in text and "diagnostics" in text
+
+
+def test_resuming_skips_existing_runs(quick_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    files = sorted((quick_run / "runs").rglob("*.json"))
+    before = {p: p.stat().st_mtime_ns for p in files}
+    args = ["--quick", "--output", str(quick_run), "--seeds", "0", "1", "--baselines", *QUICK_BASELINES]
+    assert _main(args) == 0
+    assert {p: p.stat().st_mtime_ns for p in files} == before
+    out = capsys.readouterr().out
+    assert out.count("[skip]") == len(files) and "[run ]" not in out
+
+
+def test_tables_only_rewrites_the_tables_without_running(
+    quick_run: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    table = quick_run / "tables" / f"{cold_start.QUICK_SYNTHETIC_CATEGORY}_rd4ad.json"
+    before = json.loads(table.read_text())
+    table.unlink()
+    args = ["--quick", "--output", str(quick_run), "--seeds", "0", "--baselines", "rd4ad", "--tables-only"]
+    assert _main(args) == 0
+    assert "[run ]" not in capsys.readouterr().out
+    after = json.loads(table.read_text())
+    # Only seed 0 was asked for: the same rows, each from one seed, equal to that seed's stored value.
+    assert [(r["arm"], r["score"]) for r in after["rows"]] == [(r["arm"], r["score"]) for r in before["rows"]]
+    for row_before, row_after in zip(before["rows"], after["rows"]):
+        assert row_after["seeds"] == [0]
+        for metric in cold_start.METRICS:
+            assert row_after["metrics"][metric]["values"] == row_before["metrics"][metric]["values"][:1]
+    summary = json.loads((quick_run / "summary.json").read_text())
+    assert "--tables-only" not in summary["command"]
+
+
+def test_resuming_with_other_settings_is_refused(quick_run: Path) -> None:
+    args = ["--quick", "--output", str(quick_run), "--seeds", "0", "--baselines", "rd4ad", "--steps", "3"]
+    with pytest.raises(ValueError, match="other settings"):
+        _main(args)
+
+
+def test_mean_std_matches_the_textbook_formulas() -> None:
+    values = [1.0, 2.0, 4.0]
+    mean, std = cold_start.mean_std(values)
+    assert mean == pytest.approx(7.0 / 3.0)
+    assert std == pytest.approx(math.sqrt(sum((v - 7.0 / 3.0) ** 2 for v in values) / 2))
+    assert cold_start.mean_std([3.0]) == (3.0, 0.0)
+    assert all(math.isnan(x) for x in cold_start.mean_std([1.0, math.nan]))
+
+
+def test_diagnostics_summary_reads_the_harness_layout() -> None:
+    steps = 40
+    history = [{"step": 1, "loss_spm": 0.0, "initialized": False}]  # before initialisation: left out
+    history += [
+        {"step": i, "loss_spm": float(i), "initialized": True, "anomalous_fraction": 0.1 * (i % 2),
+         "disc_acc_normal": 0.5}
+        for i in range(2, steps + 2)
+    ]
+    diagnostics = {"tire": {"history": history, "prototype_usage": [0, 3, 1, 0]}}
+    s = cold_start.diagnostics_summary(diagnostics, "tire")
+    # first = mean of the first 5% of the 40 initialised steps (2 steps), last = mean of the last 10% (4 steps).
+    assert s["terms"]["loss_spm"] == {"first": pytest.approx(2.5), "last": pytest.approx((38 + 39 + 40 + 41) / 4)}
+    assert s["anomalous_fraction"]["mean"] == pytest.approx(0.05)
+    assert s["discriminator_accuracy"]["normal"]["last"] == pytest.approx(0.5)
+    assert (s["prototypes_used"], s["num_prototypes"], s["max_share"]) == (2, 4, pytest.approx(0.75))
+    assert s["effective_prototypes"] == pytest.approx(math.exp(-(0.75 * math.log(0.75) + 0.25 * math.log(0.25))))
+    assert cold_start.diagnostics_summary(None) == {}
+
+
+def _record(arm: str, seed: int, i_auroc: float) -> dict:
+    kinds = ("recon",) if arm == "baseline" else cold_start.SCORE_KINDS
+    scores = {k: {m: i_auroc for m in cold_start.METRICS} for k in kinds}
+    return {"category": "c", "baseline": "rd4ad", "arm": arm, "seed": seed, "scores": scores,
+            "train_time_s": 1.0, "eval_time_s": 1.0, "wall_time_s": 2.0}
+
+
+def test_gains_use_only_the_seeds_that_have_both_arms() -> None:
+    records = [_record("baseline", 0, 0.5), _record("arcad", 0, 0.75), _record("arcad", 1, 0.25)]
+    table = cold_start.aggregate(records)["c/rd4ad"]
+    assert table["num_seeds"] == 1
+    recon = table["rows"][1]["metrics"]["i_auroc"]
+    assert recon["mean"] == pytest.approx(50.0)  # both +ArcAD seeds enter its mean ...
+    assert recon["gain"] == pytest.approx(25.0)  # ... but only seed 0 has a baseline to compare with
+    assert recon["gain_seeds"] == [0]
