@@ -82,10 +82,39 @@ __all__ = [
 ]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-#: The arms compared on each split: the plain detector and the detector with ArcAD.
-ARMS: tuple[str, ...] = ("baseline", "arcad")
+#: The arms that can be compared on each split. ``baseline``: the plain detector; ``arcad``: with ArcAD (the
+#: settings' lambdas); the ablation of the paper's Table 4 keeps lambda_1..3 of the settings for the terms it names
+#: and sets the others to 0: ``spm`` (+L_spm), ``spm_dgc`` (+L_spm +L_dgc), ``cls`` (+L_cls alone); and ArcAD with
+#: one named option: ``sigma_dim`` (the synthesis noise scaled to the paper's 768-dim bottleneck,
+#: ``sigma_reference_dim=768``), ``focal_balanced`` (class-balanced focal loss: ``alpha=0.5``,
+#: ``cls_weighting="classes"``).
+ARMS: tuple[str, ...] = ("baseline", "arcad", "spm", "spm_dgc", "cls", "sigma_dim", "focal_balanced")
+#: Which of the lambdas (SPM, DGC, CLS) an arm keeps; ``None``: all of them.
+ARM_TERMS: dict[str, tuple[bool, bool, bool] | None] = {
+    "arcad": None,
+    "spm": (True, False, False),
+    "spm_dgc": (True, True, False),
+    "cls": (False, False, True),
+    "sigma_dim": None,
+    "focal_balanced": None,
+}
+#: ArcAD keyword options of an arm (passed through the harness's ``arcad_options``).
+ARM_OPTIONS: dict[str, dict[str, Any]] = {
+    "sigma_dim": {"sigma_reference_dim": 768},
+    "focal_balanced": {"alpha": 0.5, "cls_weighting": "classes"},
+}
+#: The arms run by default: the plain detector and the detector with ArcAD.
+DEFAULT_ARMS: tuple[str, ...] = ("baseline", "arcad")
 #: Arm names as printed in the tables.
-ARM_LABELS: dict[str, str] = {"baseline": "baseline", "arcad": "+ArcAD"}
+ARM_LABELS: dict[str, str] = {
+    "baseline": "baseline",
+    "arcad": "+ArcAD",
+    "spm": "+L_spm",
+    "spm_dgc": "+L_spm +L_dgc",
+    "cls": "+L_cls",
+    "sigma_dim": "+ArcAD, sigma for D=768",
+    "focal_balanced": "+ArcAD, balanced focal",
+}
 #: Baselines of the examples harness.
 BASELINES: tuple[str, ...] = ("dinomaly", "rd4ad", "recontrast")
 #: Default order of the runs: the two cheaper detectors first.
@@ -104,13 +133,13 @@ RUN_FORMAT_VERSION: int = 1
 #: Harness fields set per run or without effect on the results; they are not part of the shared settings.
 PER_RUN_FIELDS: tuple[str, ...] = (
     "baseline", "arcad", "categories", "seed", "split_seed", "split_path", "output_dir", "figures", "data_root",
-    "verbose", "score", "synthetic",
+    "verbose", "score", "synthetic", "arcad_options",
 )
 #: Windows of the training history averaged for the "first" and "last" values of the diagnostics.
 FIRST_WINDOW: float = 0.05
 LAST_WINDOW: float = 0.1
 #: Settings that may differ between a stored run and a resumed benchmark: they do not change a run's result.
-RESUME_IGNORED: tuple[str, ...] = ("seeds", "log_every")
+RESUME_IGNORED: tuple[str, ...] = ("seeds", "log_every", "arms", "feature_cache")
 #: A prototype is "in use" when it receives a positive share of the hard assignments.
 USAGE_EPS: float = 0.0
 
@@ -236,7 +265,7 @@ def make_config(
             ``num_prototypes``, ``lambdas``, ``encoder``, ``weights``, ``device``, ``log_every``, ``eval_stride``,
             ``setting``); keys the harness's config does not know are ignored.
         baseline: one of :data:`BASELINES`.
-        arm: one of :data:`ARMS`.
+        arm: one of :data:`ARMS` (its lambdas and ArcAD options follow :data:`ARM_TERMS` and :data:`ARM_OPTIONS`).
         category: the category trained and evaluated.
         seed: split seed and training seed.
         split_path: the cold-start manifest of that seed.
@@ -246,9 +275,11 @@ def make_config(
     harness = _harness()
     known = {f.name for f in dataclasses.fields(harness.ExperimentConfig)}
     values: dict[str, Any] = {k: v for k, v in settings.items() if k in known and v is not None}
+    if arm not in ARMS:
+        raise ValueError(f"arm must be one of {ARMS}, got {arm!r}")
     values.update(
         baseline=baseline,
-        arcad=arm == "arcad",
+        arcad=arm != "baseline",
         categories=[category],
         seed=seed,
         split_seed=seed,
@@ -256,8 +287,13 @@ def make_config(
         output_dir=None,
         figures=False,
     )
-    if "lambdas" in values:
-        values["lambdas"] = tuple(values["lambdas"])
+    lambdas = tuple(values.get("lambdas", harness.config.PAPER_LAMBDAS))
+    keep = ARM_TERMS.get(arm)
+    if keep is not None:
+        lambdas = tuple(value if kept else 0.0 for value, kept in zip(lambdas, keep))
+    values["lambdas"] = lambdas
+    if arm in ARM_OPTIONS:
+        values["arcad_options"] = dict(ARM_OPTIONS[arm])
     return harness.ExperimentConfig(**{k: v for k, v in values.items() if k in known})
 
 
@@ -433,7 +469,7 @@ def aggregate(records: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]
     """Group per-run records into tables keyed ``"<category>/<baseline>"``.
 
     Each table has ``category``, ``baseline``, ``rows`` (the baseline's ``recon`` row first, then one row per
-    score kind of the +ArcAD arm), ``train_overhead`` (mean +ArcAD training time over mean baseline training
+    score kind of each other arm present, in the order of :data:`ARMS`), ``train_overhead`` (mean +ArcAD training time over mean baseline training
     time) and ``num_seeds`` (seeds with both arms). Only seeds that have both arms enter the gains.
     """
     tables: dict[str, dict[str, Any]] = {}
@@ -446,11 +482,16 @@ def aggregate(records: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]
         rows = []
         if base:
             rows.append(_row(ARM_LABELS["baseline"], BASELINE_KIND, [base[s] for s in sorted(base)], {}))
-        if cal:
-            paired = {s: base[s] for s in cal if s in base}
-            kinds = [k for k in SCORE_KINDS if any(k in r["scores"] for r in cal.values())]
+        for arm in ARMS[1:]:
+            runs = arms[arm]
+            if not runs:
+                continue
+            paired = {s: base[s] for s in runs if s in base}
+            kinds = [k for k in SCORE_KINDS if any(k in r["scores"] for r in runs.values())]
             for kind in kinds:
-                rows.append(_row(ARM_LABELS["arcad"], kind, [cal[s] for s in sorted(cal)], paired))
+                row = _row(ARM_LABELS[arm], kind, [runs[s] for s in sorted(runs)], paired)
+                row["arm_name"] = arm
+                rows.append(row)
         overhead = math.nan
         if base and cal:
             base_t, _ = mean_std([r["train_time_s"] for r in base.values()])
@@ -571,6 +612,7 @@ def run_benchmark(
     command: str = "",
     log: Any = print,
     tables_only: bool = False,
+    arms: Sequence[str] = DEFAULT_ARMS,
 ) -> dict[str, Any]:
     """Run (or resume) every category x baseline x arm x seed and write the tables.
 
@@ -582,20 +624,25 @@ def run_benchmark(
         command: the command line, stated in the output.
         log: progress printer.
         tables_only: run nothing; write the tables of the runs already stored.
+        arms: which of :data:`ARMS` to run, in this order for each category and seed.
 
     Returns:
         The summary (also written to ``output/summary.json``): ``config``, ``machine``, ``tables``,
         ``diagnostics``, ``total_wall_time_s`` (sum over the runs, resumed ones included).
     """
+    arms = list(arms)
+    unknown = [a for a in arms if a not in ARMS]
+    if unknown:
+        raise ValueError(f"unknown arms {unknown}; known: {ARMS}")
     output.mkdir(parents=True, exist_ok=True)
-    settings = {**settings, "seeds": list(seeds)}
+    settings = {**settings, "seeds": list(seeds), "arms": arms}
     splits = _make_splits(data_root, categories, seeds, output, log)
     records: list[dict[str, Any]] = []
     # Baselines outermost (in the order given), so that a run stopped early has complete tables for the first ones.
     for baseline in baselines:
         for seed in seeds:
             for category in categories:
-                for arm in ARMS:
+                for arm in arms:
                     path = run_file(output, category, baseline, arm, seed)
                     if path.is_file():
                         record = _load_existing(path, settings)
@@ -636,11 +683,12 @@ def write_tables(
         {
             "category": r["category"],
             "baseline": r["baseline"],
+            "arm": r["arm"],
             "seed": r["seed"],
             "summary": diagnostics_summary(r.get("diagnostics"), r["category"]),
         }
         for r in records
-        if r["arm"] == "arcad"
+        if r["arm"] != "baseline"
     ]
     _write_json(output / "diagnostics.json", diagnostics)
     _write_text(output / "diagnostics.md", "# +ArcAD diagnostics\n\n" + _diagnostics_lines(diagnostics))
@@ -677,6 +725,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--baselines", nargs="+", default=list(DEFAULT_BASELINE_ORDER), choices=BASELINES,
                    help="detectors, run in this order (default: %(default)s)")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1], help="split seed = training seed (default: 0 1)")
+    p.add_argument("--arms", nargs="+", default=list(DEFAULT_ARMS), choices=ARMS,
+                   help="arms run on each split, in this order (default: %(default)s); see ARMS in the source")
+    p.add_argument("--feature-cache", default=None, metavar="memory|off|disk:DIR",
+                   help="the harness's frozen-encoder feature cache (default: memory; results are the same)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: torch's choice); 1 avoids thread contention on a shared machine")
     p.add_argument("--tables-only", action="store_true", help="run nothing: write the tables of the stored runs")
@@ -740,7 +792,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         categories = args.categories
     settings: dict[str, Any] = {"data_root": str(Path(data_root).resolve()), "setting": args.setting}
     for key in ("steps", "image_size", "batch_size", "lr", "num_prototypes", "lambdas", "preset", "prototype_init",
-                "width", "encoder", "weights", "device", "log_every", "eval_stride"):
+                "width", "encoder", "weights", "device", "log_every", "eval_stride", "feature_cache"):
         value = getattr(args, key)
         if value is None:
             value = defaults.get(key)
@@ -749,7 +801,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = _resolve_defaults(settings)
     summary = run_benchmark(
         args.output, data_root=Path(data_root), categories=categories, baselines=args.baselines, seeds=args.seeds,
-        settings=settings, command=command, tables_only=args.tables_only,
+        settings=settings, command=command, tables_only=args.tables_only, arms=args.arms,
     )
     print(f"wrote {args.output / 'summary.md'} ({len(summary['tables'])} tables)")
     return 0

@@ -49,7 +49,7 @@ except ImportError:  # run from a source checkout without installing
 from arcad_harness import ExperimentConfig, Setup, StepOutput, arcad_kwargs, main
 from arcad_harness.config import VIT_ENCODERS, BETAS
 from arcad_harness.data import Batch
-from arcad_harness.detector import Detector, Reconstruction
+from arcad_harness.detector import Detector, Reconstruction, decoded_rows
 from arcad_harness.encoders import CNNTokens, ViTTokens, build_cnn, build_vit
 from arcad_harness.losses import global_cosine_loss
 from arcad_harness.maps import cosine_distance_map, top_fraction_score, upsample
@@ -102,24 +102,50 @@ class Dinomaly(Detector):
         for group in self.groups:
             tokens = torch.stack([layers[i] for i in group]).mean(dim=0)[:, self.prefix_tokens :]
             side = int(round(tokens.shape[1] ** 0.5))
-            maps.append(tokens.transpose(1, 2).reshape(tokens.shape[0], -1, side, side))
+            maps.append(tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], side, side))
         return maps
 
-    def forward(self, images: Tensor) -> Reconstruction:
-        """Images (B, 3, H, W) in [0, 1] -> grouped encoder / decoder maps and z (B, prefix + h * w, D)."""
-        with torch.no_grad():
-            encoded = self.encoder(images)
+    def frozen_encoder(self) -> nn.Module:
+        """The encoder."""
+        return self.encoder
+
+    @torch.no_grad()
+    def encode(self, images: Tensor) -> list[Tensor]:
+        """Images (B, 3, H, W) in [0, 1] -> the encoder's token layers (B, prefix + h * w, D)."""
+        return self.encoder(images)
+
+    def forward(
+        self, images: Tensor, *, features: list[Tensor] | None = None, decode: Tensor | None = None
+    ) -> Reconstruction:
+        """Images (B, 3, H, W) in [0, 1] -> grouped encoder / decoder maps and z (B, prefix + h * w, D).
+
+        ``features``: the cached :meth:`encode` of ``images``; ``decode``: bool (B,), the images the decoder sees
+        (targets and reconstructions are theirs only); ``z`` covers every image.
+        """
+        encoded = self.encode(images) if features is None else features
         z = self.bottleneck(torch.stack(encoded).mean(dim=0))  # fuse all encoder layers, then the noisy MLP
-        decoded, x = [], z
+        rows = decoded_rows(decode, images.shape[0])
+        x = z
+        if rows is not None:
+            encoded, x = [e[rows] for e in encoded], z[rows]
+            if rows.numel() == 0:  # no image to decode: empty reconstructions, a zero loss
+                targets = self._group_maps(encoded)
+                return Reconstruction(targets, [t.clone() for t in targets], z)
+        decoded = []
         for block in self.decoder:
             x = block(x)
             decoded.append(x)
         decoded = decoded[::-1]  # the last decoder block pairs with the first encoder layer
         return Reconstruction(self._group_maps(encoded), self._group_maps(decoded), z)
 
-    def reconstruction_loss(self, rec: Reconstruction, weights: Tensor, progress: float) -> Tensor:
-        """Hard-mined global cosine loss averaged over the two groups (``p`` warms up with ``progress``)."""
+    def reconstruction_loss(self, rec: Reconstruction, progress: float) -> Tensor:
+        """Hard-mined global cosine loss averaged over the two groups (``p`` warms up with ``progress``), averaged
+        over the decoded images."""
+        decoded = rec.targets[0].shape[0]
+        if decoded == 0:  # a batch without a normal image
+            return rec.z.new_zeros(())
         p = min(HARD_MINING_P * progress / HARD_MINING_WARMUP, HARD_MINING_P)
+        weights = rec.z.new_ones(decoded)
         loss = global_cosine_loss(rec.targets, rec.reconstructions, weights, p=p, factor=HARD_MINING_FACTOR)
         return loss / len(rec.targets)
 
@@ -154,10 +180,10 @@ def train_step(
     model: Dinomaly, arcad: torch_arcad.ArcAD | None, optimizer: torch.optim.Optimizer, batch: Batch, progress: float
 ) -> StepOutput:
     """One optimiser step on a batch of normal and defective images."""
-    images, masks, labels = batch
-    rec = model(images)
-    normal = (labels == 0).float()  # the decoder learns from the normal images only
-    loss_recon = model.reconstruction_loss(rec, normal, progress)
+    images, masks, labels = batch.images, batch.masks, batch.labels
+    # z for every image; the decoder sees the normal images only
+    rec = model(images, features=batch.features, decode=labels == 0)
+    loss_recon = model.reconstruction_loss(rec, progress)
     loss, calibration = loss_recon, None
     if arcad is not None:
         calibration = arcad(rec.z, masks=masks, labels=labels)  # z: (B, prefix + h * w, D) tokens

@@ -42,11 +42,11 @@ except ImportError:  # run from a source checkout without installing
 from arcad_harness import ExperimentConfig, Setup, StepOutput, arcad_kwargs, main
 from arcad_harness.config import BETAS
 from arcad_harness.data import Batch
-from arcad_harness.detector import Detector, Reconstruction
+from arcad_harness.detector import Detector, Reconstruction, decoded_rows
 from arcad_harness.encoders import CNNFeatures, build_cnn
 from arcad_harness.losses import pixel_cosine_loss
 from arcad_harness.maps import cosine_distance_map, max_score, upsample
-from arcad_harness.ocbe import LAYOUTS, OCBE, OCBELayout, ReverseDecoder
+from arcad_harness.ocbe import LAYOUTS, OCBE, OCBELayout, ReverseDecoder, batch_statistics_from
 
 
 class RD4AD(Detector):
@@ -68,16 +68,41 @@ class RD4AD(Detector):
         """The encoder stays in eval mode."""
         return [self.encoder]
 
-    def forward(self, images: Tensor) -> Reconstruction:
-        """Images (B, 3, H, W) in [0, 1] -> encoder maps, their reconstructions and z (B, D, h, w)."""
-        with torch.no_grad():
-            features = self.encoder(images)
-        z = self.bottleneck(features)
-        return Reconstruction(features, self.decoder(z), z)
+    def frozen_encoder(self) -> torch.nn.Module:
+        """The encoder."""
+        return self.encoder
 
-    def reconstruction_loss(self, rec: Reconstruction, weights: Tensor, progress: float) -> Tensor:
-        """Sum over the three layers of the mean ``1 - cos`` per position, images weighted by ``weights`` (B,)."""
-        return pixel_cosine_loss(rec.targets, rec.reconstructions, weights)
+    @torch.no_grad()
+    def encode(self, images: Tensor) -> list[Tensor]:
+        """Images (B, 3, H, W) in [0, 1] -> the three encoder maps."""
+        return self.encoder(images)
+
+    def forward(
+        self, images: Tensor, *, features: list[Tensor] | None = None, decode: Tensor | None = None
+    ) -> Reconstruction:
+        """Images (B, 3, H, W) in [0, 1] -> encoder maps, their reconstructions and z (B, D, h, w).
+
+        ``features``: the cached :meth:`encode` of ``images``; ``decode``: bool (B,), the images the decoder sees
+        (targets and reconstructions are theirs only, and the bottleneck's BatchNorm statistics come from them);
+        ``z`` covers every image.
+        """
+        if features is None:
+            features = self.encode(images)
+        rows = decoded_rows(decode, images.shape[0])
+        with batch_statistics_from(self.bottleneck, rows):  # BatchNorm statistics of the decoded images only
+            z = self.bottleneck(features)
+        if rows is not None:
+            features = [f[rows] for f in features]
+            if rows.numel() == 0:  # no image to decode: empty reconstructions, a zero loss
+                return Reconstruction(features, [f.clone() for f in features], z)
+        return Reconstruction(features, self.decoder(z if rows is None else z[rows]), z)
+
+    def reconstruction_loss(self, rec: Reconstruction, progress: float) -> Tensor:
+        """Sum over the three layers of the mean ``1 - cos`` per position, averaged over the decoded images."""
+        decoded = rec.targets[0].shape[0]
+        if decoded == 0:  # a batch without a normal image
+            return rec.z.new_zeros(())
+        return pixel_cosine_loss(rec.targets, rec.reconstructions, rec.z.new_ones(decoded))
 
     def anomaly_map(self, rec: Reconstruction, size: tuple[int, int]) -> Tensor:
         """Sum over the three layers of ``1 - cos`` upsampled to ``size``: (B, H, W)."""
@@ -108,10 +133,10 @@ def train_step(
     model: RD4AD, arcad: torch_arcad.ArcAD | None, optimizer: torch.optim.Optimizer, batch: Batch, progress: float
 ) -> StepOutput:
     """One optimiser step on a batch of normal and defective images."""
-    images, masks, labels = batch
-    rec = model(images)
-    normal = (labels == 0).float()  # the decoder learns from the normal images only
-    loss_recon = model.reconstruction_loss(rec, normal, progress)
+    images, masks, labels = batch.images, batch.masks, batch.labels
+    # z for every image; the decoder sees the normal images only (its loss and its BatchNorm statistics)
+    rec = model(images, features=batch.features, decode=labels == 0)
+    loss_recon = model.reconstruction_loss(rec, progress)
     loss, calibration = loss_recon, None
     if arcad is not None:
         calibration = arcad(rec.z, masks=masks, labels=labels)  # z: (B, D, h, w), the whole batch

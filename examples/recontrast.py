@@ -47,11 +47,11 @@ except ImportError:  # run from a source checkout without installing
 from arcad_harness import ExperimentConfig, Setup, StepOutput, arcad_kwargs, main
 from arcad_harness.config import BETAS
 from arcad_harness.data import Batch
-from arcad_harness.detector import Detector, Reconstruction
+from arcad_harness.detector import Detector, Reconstruction, decoded_rows
 from arcad_harness.encoders import CNNFeatures, build_cnn, trainable_copy
 from arcad_harness.losses import global_cosine_loss
 from arcad_harness.maps import cosine_distance_map, max_score, upsample
-from arcad_harness.ocbe import LAYOUTS, OCBE, OCBELayout, ReverseDecoder
+from arcad_harness.ocbe import LAYOUTS, OCBE, OCBELayout, ReverseDecoder, batch_statistics_from
 
 #: Learning rate of the trainable encoder (ReContrast's own).
 ENCODER_LR: float = 1e-5
@@ -86,23 +86,51 @@ class ReContrast(Detector):
         """Both encoders stay in eval mode: the trainable one's weights train, its BatchNorm statistics do not."""
         return [self.encoder, self.encoder_frozen]
 
-    def forward(self, images: Tensor) -> Reconstruction:
-        """Images (B, 3, H, W) -> six target / reconstruction pairs and z (2B, D, h, w)."""
+    def frozen_encoder(self) -> nn.Module:
+        """The frozen branch's encoder (the trainable copy runs at every step)."""
+        return self.encoder_frozen
+
+    @torch.no_grad()
+    def encode(self, images: Tensor) -> list[Tensor]:
+        """Images (B, 3, H, W) -> the frozen encoder's three maps."""
+        return self.encoder_frozen(images)
+
+    def forward(
+        self, images: Tensor, *, features: list[Tensor] | None = None, decode: Tensor | None = None
+    ) -> Reconstruction:
+        """Images (B, 3, H, W) -> six target / reconstruction pairs and z (2B, D, h, w).
+
+        ``features``: the cached :meth:`encode` of ``images`` (the frozen branch); ``decode``: bool (B,), the
+        images the decoder sees, on both branches (targets and reconstructions are theirs only); ``z`` covers every
+        image of both branches.
+        """
         trainable = self.encoder(images)
-        with torch.no_grad():
-            frozen = self.encoder_frozen(images)
-        z = self.bottleneck([torch.cat([t, f]) for t, f in zip(trainable, frozen)])  # (2B, D, h, w)
-        outputs = self.decoder(z)  # head 0 (3 maps), then head 1 (3 maps), each (2B, C, h_l, w_l)
+        frozen = self.encode(images) if features is None else features
         batch = images.shape[0]
+        rows = decoded_rows(decode, batch)
+        stacked_rows = None if rows is None else torch.cat([rows, rows + batch])  # the same images, both branches
+        with batch_statistics_from(self.bottleneck, stacked_rows):  # BatchNorm statistics of the decoded images
+            z = self.bottleneck([torch.cat([t, f]) for t, f in zip(trainable, frozen)])  # (2B, D, h, w)
+        z_decoded = z
+        if rows is not None:
+            trainable, frozen = [t[rows] for t in trainable], [f[rows] for f in frozen]
+            if rows.numel() == 0:  # no image to decode: empty reconstructions, a zero loss
+                return Reconstruction(frozen + trainable, [t.detach().clone() for t in frozen + trainable], z)
+            z_decoded, batch = z[stacked_rows], rows.numel()
+        outputs = self.decoder(z_decoded)  # head 0 (3 maps), then head 1 (3 maps), each (2M, C, h_l, w_l)
         from_trainable = [o[:batch] for o in outputs[:3]]  # head 0 on the trainable branch's half
         from_frozen = [o[batch:] for o in outputs[3:]]  # head 1 on the frozen branch's half
         # Cross reconstruction: the trainable branch's decoding targets the frozen features, and vice versa.
         return Reconstruction(frozen + trainable, from_trainable + from_frozen, z)
 
-    def reconstruction_loss(self, rec: Reconstruction, weights: Tensor, progress: float) -> Tensor:
-        """Mean over the two branches of the hard-mined global cosine loss summed over the layers."""
+    def reconstruction_loss(self, rec: Reconstruction, progress: float) -> Tensor:
+        """Mean over the two branches of the hard-mined global cosine loss summed over the layers, averaged over
+        the decoded images."""
+        decoded = rec.targets[0].shape[0]
+        if decoded == 0:  # a batch without a normal image
+            return rec.z.new_zeros(())
         alpha = min(ALPHA_START + (ALPHA_FINAL - ALPHA_START) * progress / ALPHA_WARMUP, ALPHA_FINAL)
-        t, r = rec.targets, rec.reconstructions
+        t, r, weights = rec.targets, rec.reconstructions, rec.z.new_ones(decoded)
         frozen_targets = global_cosine_loss(t[:3], r[:3], weights, alpha=alpha, factor=HARD_MINING_FACTOR)
         trainable_targets = global_cosine_loss(t[3:], r[3:], weights, alpha=alpha, factor=HARD_MINING_FACTOR)
         return (frozen_targets + trainable_targets) / BRANCHES
@@ -144,10 +172,10 @@ def train_step(
     progress: float,
 ) -> StepOutput:
     """One optimiser step on a batch of normal and defective images."""
-    images, masks, labels = batch
-    rec = model(images)
-    normal = (labels == 0).float()  # the decoder learns from the normal images only
-    loss_recon = model.reconstruction_loss(rec, normal, progress)
+    images, masks, labels = batch.images, batch.masks, batch.labels
+    # z for every image; the decoder sees the normal images only (its loss and its BatchNorm statistics)
+    rec = model(images, features=batch.features, decode=labels == 0)
+    loss_recon = model.reconstruction_loss(rec, progress)
     loss, calibration = loss_recon, None
     if arcad is not None:
         # z stacks the two branches, (2B, D, h, w): masks and labels follow the stacking.

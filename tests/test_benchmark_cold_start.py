@@ -38,7 +38,7 @@ def test_one_run_file_per_category_baseline_arm_and_seed(quick_run: Path) -> Non
     expected = sorted(
         f"{cold_start.QUICK_SYNTHETIC_CATEGORY}/{b}/{arm}/seed{s}.json"
         for b in QUICK_BASELINES
-        for arm in cold_start.ARMS
+        for arm in cold_start.DEFAULT_ARMS
         for s in (0, 1)
     )
     assert runs == expected
@@ -50,7 +50,7 @@ def test_both_arms_of_a_seed_share_one_split(quick_run: Path) -> None:
             records = [
                 json.loads(cold_start.run_file(quick_run, cold_start.QUICK_SYNTHETIC_CATEGORY, baseline, arm, seed)
                            .read_text())
-                for arm in cold_start.ARMS
+                for arm in cold_start.DEFAULT_ARMS
             ]
             assert records[0]["split"] == records[1]["split"] == str(quick_run / "splits" / f"seed{seed}.json")
             assert records[0]["settings"] == records[1]["settings"]

@@ -8,6 +8,7 @@ check properties (gradients that must vanish, shapes the paper fixes).
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import importlib.util
 import io
@@ -360,31 +361,68 @@ def test_the_three_arcad_lines_are_in_each_training_step(baseline: str) -> None:
     assert "torch_arcad.ArcAD(model.bottleneck_dim" in source
     assert 'optimizer.add_param_group({"params": list(arcad.parameters())})' in source
     assert "loss = loss_recon + calibration.loss" in source
-    assert "normal = (labels == 0).float()" in source
+    assert "decode=labels == 0" in source  # the decoder sees the normal images only
+
+
+def _decoder_update(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The decoder's gradient from the reconstruction loss of one training-mode step, and its BatchNorm
+    statistics after it, on a fresh copy of ``model``."""
+    model = copy.deepcopy(model).train()
+    rec = model(images, decode=labels == 0)
+    loss = model.reconstruction_loss(rec, progress=0.5)
+    names = [n for n, p in model.decoder.named_parameters()]
+    grads = torch.autograd.grad(loss, list(model.decoder.parameters()), allow_unused=True)
+    update = {f"grad:{n}": (torch.zeros(()) if g is None else g) for n, g in zip(names, grads)}
+    update.update({f"buffer:{n}": b.clone() for n, b in model.decoder.named_buffers()})
+    update["loss"] = loss.detach()
+    return update
 
 
 @pytest.mark.parametrize("baseline", ["rd4ad", "dinomaly", "recontrast"])
-def test_decoder_learns_from_normal_images_only_and_arcad_never_reaches_it(baseline: str, cache: Path) -> None:
+def test_a_defective_image_changes_nothing_in_the_decoder_update(baseline: str, cache: Path) -> None:
+    """Training mode, BatchNorm batch statistics included: swapping the defective image of a batch for another
+    leaves the decoder's gradient, its running statistics and the reconstruction loss exactly unchanged."""
+    example = load_example(baseline)
+    cfg = harness.resolve_config(tiny(baseline, cache), synthetic=True)
+    torch.manual_seed(0)
+    model = example.build(cfg).model
+    normal = torch.rand(3, 3, 32, 32)
+    labels = torch.tensor([0, 1, 0, 0])
+    first = torch.cat([normal[:1], torch.rand(1, 3, 32, 32), normal[1:]])
+    second = torch.cat([normal[:1], torch.rand(1, 3, 32, 32) * 0.5 + 0.5, normal[1:]])
+    with torch.random.fork_rng():
+        torch.manual_seed(1)  # Dinomaly's bottleneck dropout: the same masks in both passes
+        a = _decoder_update(model, first, labels)
+    with torch.random.fork_rng():
+        torch.manual_seed(1)
+        b = _decoder_update(model, second, labels)
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
+    assert any(torch.count_nonzero(v) > 0 for k, v in a.items() if k.startswith("grad:"))
+    # ... while a change of a normal image does change it
+    third = first.clone()
+    third[0] = torch.rand(3, 32, 32)
+    with torch.random.fork_rng():
+        torch.manual_seed(1)
+        c = _decoder_update(model, third, labels)
+    assert not torch.equal(a["loss"], c["loss"])
+
+
+@pytest.mark.parametrize("baseline", ["rd4ad", "dinomaly", "recontrast"])
+def test_arcad_never_reaches_the_decoder_and_z_covers_every_image(baseline: str, cache: Path) -> None:
     example = load_example(baseline)
     cfg = harness.resolve_config(tiny(baseline, cache), synthetic=True)
     torch.manual_seed(0)
     model, _, arcad = example.build(cfg)
-    # Eval mode: BatchNorm batch statistics (RD4AD, ReContrast) would couple the images of a batch; the property
-    # tested is that the loss has no term from a defective image.
-    model.eval()
+    model.train()
     images = torch.rand(4, 3, 32, 32)
     labels = torch.tensor([0, 1, 0, 1])
     masks = torch.zeros(4, 32, 32)
     masks[1, 4:12, 4:12] = masks[3, 20:28, 8:16] = 1.0
-    rec = model(images)
-    loss = model.reconstruction_loss(rec, (labels == 0).float(), progress=0.0)  # no easy positions yet
-    grads = torch.autograd.grad(loss, rec.reconstructions, retain_graph=True)
-    batch = images.shape[0]
-    for grad in grads:
-        per_image = grad.flatten(1).abs().sum(dim=1)
-        # each reconstruction belongs to one image (ReContrast: its half of the stacked batch)
-        assert per_image.shape[0] == batch
-        assert torch.all(per_image[labels == 1] == 0) and torch.all(per_image[labels == 0] > 0)
+    rec = model(images, decode=labels == 0)
+    assert rec.z.shape[0] == model.branches * 4  # the bottleneck sees every image
+    assert all(t.shape[0] == 2 for t in rec.targets)  # the decoder the two normal ones
     arcad.prototypes.init_prototypes(torch.nn.functional.normalize(torch.randn(64, model.bottleneck_dim), dim=1))
     branches = model.branches
     out = arcad(rec.z, masks=masks.repeat(branches, 1, 1), labels=labels.repeat(branches))
@@ -392,6 +430,63 @@ def test_decoder_learns_from_normal_images_only_and_arcad_never_reaches_it(basel
     decoder = [p for p in model.decoder.parameters()]
     for grad in torch.autograd.grad(out.loss, decoder, allow_unused=True):
         assert grad is None or torch.count_nonzero(grad) == 0
+    # a batch without a normal image: no reconstruction term, ArcAD still trains
+    rec = model(images, decode=torch.zeros(4, dtype=torch.bool))
+    assert float(model.reconstruction_loss(rec, progress=0.5)) == 0.0
+
+
+@pytest.mark.parametrize("baseline", ["rd4ad", "dinomaly", "recontrast"])
+def test_feature_cache_gives_the_results_of_the_uncached_path(baseline: str, cache: Path, tmp_path: Path) -> None:
+    """Training and evaluation with the encoder's features cached (in memory, on disk) equal the uncached run, up
+    to the rounding of batched convolutions (the encoder sees other batch compositions: 1e-7 relative)."""
+    runs = {}
+    for mode in ("off", "memory", f"disk:{tmp_path / 'features'}"):
+        cfg = tiny(baseline, cache, steps=3, feature_cache=mode)
+        runs[mode] = harness.run_experiment(cfg)
+    reference = runs["off"]
+    for mode, result in runs.items():
+        history = [r["loss"] for r in result["diagnostics"][next(iter(result["diagnostics"]))]["history"]]
+        expected = [r["loss"] for r in reference["diagnostics"][next(iter(reference["diagnostics"]))]["history"]]
+        assert history == pytest.approx(expected, rel=1e-6, abs=1e-7), mode
+        for category, kinds in result["categories"].items():
+            for kind, metrics in kinds.items():
+                assert metrics == pytest.approx(reference["categories"][category][kind], abs=1e-4), (mode, kind)
+    assert any((tmp_path / "features").rglob("*.pt"))
+
+
+def test_feature_store_computes_each_image_once() -> None:
+    from arcad_harness.cache import FeatureStore, encoder_digest
+
+    calls = []
+
+    class Encoder(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.randn(3))
+
+        def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+            calls.append(x.shape[0])
+            return [x.mean(dim=(2, 3)) * self.weight, x[:, :1]]
+
+    encoder = Encoder()
+    store = FeatureStore()
+    images = torch.rand(5, 3, 4, 4)
+    paths = [f"img{i}.png" for i in range(5)]
+    digest = encoder_digest(encoder)
+    first = store.features(encoder, images[:3], paths[:3], 4, digest, batch_size=2)
+    assert calls == [2, 1] and len(store) == 3
+    second = store.features(encoder, images[1:], paths[1:], 4, digest, batch_size=8)
+    assert calls == [2, 1, 2]  # images 3 and 4 only
+    torch.testing.assert_close(second[0][:2], first[0][1:])
+    direct = encoder(images)
+    torch.testing.assert_close(second[0], direct[0][1:])
+    torch.testing.assert_close(second[1], direct[1][1:])
+    other = Encoder()
+    assert encoder_digest(other) != digest  # another encoder's features are never served
+    with pytest.raises(ValueError, match="one path per image"):
+        store.features(encoder, images, paths[:2], 4, digest, batch_size=2)
+    with pytest.raises(ValueError, match="feature_cache"):
+        harness.ExperimentConfig(feature_cache="disk").validate()
 
 
 def test_bottleneck_layouts_match_the_baselines(cache: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
@@ -20,7 +21,28 @@ from .presets import ArcADPreset, get_preset
 from .prototypes import SinkhornPrototypes
 from .synthesis import HypersphereAnomalySynthesizer
 
-__all__ = ["ArcAD", "ArcADOutput", "ArcADScores"]
+__all__ = ["ArcAD", "ArcADOutput", "ArcADScores", "noise_scale"]
+
+
+def noise_scale(sigma: float, dim: int, reference_dim: int | None) -> float:
+    """Eq. 5's noise standard deviation for a D-dimensional bottleneck.
+
+    A noise vector ``n ~ N(0, sigma^2 I_D)`` has squared norm about ``sigma^2 D``, so a pseudo-anomaly
+    ``normalize(z + n)`` sits at cosine about ``1 / sqrt(1 + sigma^2 D)`` from its unit anchor: 0.92 at the
+    paper's D = 768 and sigma = 0.015, but 0.97 at D = 256 and 0.98 at D = 176. ``sigma * sqrt(D_ref / D)``
+    gives every D the angle of ``D_ref``.
+
+    Args:
+        sigma: the preset's sigma.
+        dim: the bottleneck's D.
+        reference_dim: ``D_ref``, or ``None`` to keep ``sigma``.
+
+    Returns:
+        The standard deviation to use.
+    """
+    if reference_dim is None:
+        return float(sigma)
+    return float(sigma) * math.sqrt(reference_dim / dim)
 
 
 class ArcADOutput(NamedTuple):
@@ -79,6 +101,10 @@ class ArcAD(nn.Module):
         cls_weighting, discriminator_norm, alpha, gamma: override single preset settings (``None`` keeps the
             preset's value); see :class:`~torch_arcad.presets.ArcADPreset`.
         detach_synthetic: pseudo-anomalies without gradient to the bottleneck (default False, as released).
+        sigma_reference_dim: ``None`` (default, the paper and the released code): eq. 5's noise has standard
+            deviation ``sigma`` whatever D. An int ``D_ref``: ``sigma * sqrt(D_ref / D)``, which keeps the
+            pseudo-anomalies at the angle from their anchors they have at ``D_ref`` (see :func:`noise_scale`; 768
+            is the paper's ViT-B bottleneck). An option of this library, not of the paper.
         init_factor: the prototypes initialise from the first ``init_factor * K`` normal patches.
         seed: seed of the prototype initialisation.
     """
@@ -108,6 +134,7 @@ class ArcAD(nn.Module):
         alpha: float | None = None,
         gamma: float | None = None,
         detach_synthetic: bool = False,
+        sigma_reference_dim: int | None = None,
         init_factor: float = 4.0,
         seed: int = 0,
     ) -> None:
@@ -151,8 +178,13 @@ class ArcAD(nn.Module):
             init_factor=init_factor,
             seed=seed,
         )
+        if sigma_reference_dim is not None and (
+            isinstance(sigma_reference_dim, bool) or not isinstance(sigma_reference_dim, int) or sigma_reference_dim < 1
+        ):
+            raise ValueError(f"sigma_reference_dim must be None or an int >= 1, got {sigma_reference_dim!r}")
+        self.sigma_reference_dim = sigma_reference_dim
         self.synthesizer = HypersphereAnomalySynthesizer(
-            config.sigma, config.num_candidates, detach=detach_synthetic
+            noise_scale(config.sigma, dim, sigma_reference_dim), config.num_candidates, detach=detach_synthetic
         )
         self.calibration = DefectGuidedLoss(clamp_push=config.clamp_push)
         self.discriminator = FocalDiscriminator(

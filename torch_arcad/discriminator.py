@@ -15,6 +15,10 @@ _HIDDEN_RATIO = 1.5
 _NEGATIVE_SLOPE = 0.2
 #: The released code's eq. 9: 0.5 (FL_normal + FL_synthetic) + FL_real.
 _BALANCED = (0.5, 0.5, 1.0)
+#: Class-balanced weighting: one half for the negatives, one half for the positives.
+_CLASSES = (0.5, 0.5)
+#: How eq. 9's expectation is taken (see :class:`FocalDiscriminator`).
+WEIGHTINGS: tuple[str, ...] = ("union", "balanced", "classes")
 
 
 class FocalDiscriminator(nn.Module):
@@ -31,8 +35,10 @@ class FocalDiscriminator(nn.Module):
         gamma: focal exponent.
         norm: ``"none"`` or ``"batch"``.
         weighting: how eq. 9's expectation is taken: ``"union"`` (the paper: one mean over normal, synthetic and
-            real features together) or ``"balanced"`` (the released code: 0.5 (FL_normal + FL_synthetic) +
-            FL_real, each a mean).
+            real features together), ``"balanced"`` (the released code: 0.5 (FL_normal + FL_synthetic) +
+            FL_real, each a mean) or ``"classes"`` (class-balanced: 0.5 FL_negatives + 0.5 FL_positives, the
+            normal features against the synthetic and real anomalies pooled, each a mean; an option of this
+            library, not of the paper).
     """
 
     def __init__(
@@ -47,7 +53,7 @@ class FocalDiscriminator(nn.Module):
     ) -> None:
         super().__init__()
         check_choice("norm", norm, ("none", "batch"))
-        check_choice("weighting", weighting, ("union", "balanced"))
+        check_choice("weighting", weighting, WEIGHTINGS)
         if dim < 1:
             raise ValueError(f"dim must be >= 1, got {dim}")
         hidden = hidden_dim if hidden_dim is not None else max(1, int(dim / _HIDDEN_RATIO))
@@ -114,10 +120,13 @@ class FocalDiscriminator(nn.Module):
 
         Returns:
             ``(term_sums, term_counts, coefficients)``: eq. 9 is ``sum_t c_t * term_sums[t] / term_counts[t]``.
-            ``"union"`` has one term (all groups pooled), ``"balanced"`` three with coefficients 0.5, 0.5, 1.
+            ``"union"`` has one term (all groups pooled), ``"balanced"`` three with coefficients 0.5, 0.5, 1,
+            ``"classes"`` two (normal; synthetic and real pooled) with coefficients 0.5, 0.5.
         """
         if self.weighting == "balanced":
             return sums, counts, _BALANCED
+        if self.weighting == "classes":  # negatives (normal) against positives (synthetic and real) pooled
+            return torch.stack([sums[0], sums[1:].sum()]), torch.stack([counts[0], counts[1:].sum()]), _CLASSES
         return sums.sum().unsqueeze(0), counts.sum().unsqueeze(0), (1.0,)
 
     def loss(

@@ -76,6 +76,8 @@ def build_parser(baseline: str | None = None) -> argparse.ArgumentParser:
     model.add_argument("--weight-decay", type=float, default=1e-4)
     model.add_argument("--seed", type=int, default=0, help="training seed")
     model.add_argument("--device", default="cpu")
+    model.add_argument("--feature-cache", default="memory", metavar="memory|off|disk:DIR",
+                       help="keep each image's frozen-encoder features, computed once (default: %(default)s)")
     arcad = parser.add_argument_group("ArcAD")
     arcad.add_argument("--num-prototypes", type=int, default=None, help="K (default: patches per batch / 25, 64..500)")
     arcad.add_argument("--lambdas", nargs=3, type=float, default=(0.1, 0.1, 0.1), metavar=("SPM", "DGC", "CLS"))
@@ -119,6 +121,7 @@ def config_from_args(args: argparse.Namespace, baseline: str | None = None) -> E
         weights=args.weights,
         width=args.width,
         device=args.device,
+        feature_cache=args.feature_cache,
         output_dir=args.output if args.output is not None else f"{DEFAULT_OUTPUT}/{name}",
         figures=not args.no_figures,
         log_every=args.log_every,

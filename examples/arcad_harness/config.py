@@ -104,6 +104,11 @@ class ExperimentConfig:
         synthetic: keyword overrides for :func:`~torch_arcad.datasets.make_synthetic_dataset` (``image_size``,
             ``num_train``, ``num_test_good``, ``num_defects_per_kind``, ``categories``, ``seed``, ``root``).
         verbose: print progress and tables.
+        feature_cache: where the frozen encoder's features of each image are kept, computed once:
+            ``"memory"``, ``"disk:<folder>"`` or ``"off"`` (the encoder runs at every step); results are the same
+            (see :mod:`arcad_harness.cache`).
+        arcad_options: further keyword arguments of ``torch_arcad.ArcAD`` (e.g. ``{"sigma_reference_dim": 768}``,
+            ``{"alpha": 0.5, "cls_weighting": "classes"}``).
     """
 
     baseline: str = "rd4ad"
@@ -134,6 +139,8 @@ class ExperimentConfig:
     score: str = "recon"
     synthetic: dict[str, Any] = field(default_factory=dict)
     verbose: bool = True
+    feature_cache: str = "memory"
+    arcad_options: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
         """Check every field; raises ``ValueError`` / ``TypeError`` naming the field, what it expects and got."""
@@ -178,6 +185,11 @@ class ExperimentConfig:
                     f"image_size must be a multiple of {multiple} for {self.baseline} with {self.encoder} "
                     f"(the feature grids must halve evenly), got {self.image_size}"
                 )
+        kind, _, folder = str(self.feature_cache).partition(":")
+        if kind not in ("memory", "disk", "off") or (kind == "disk") != bool(folder):
+            raise ValueError(f"feature_cache must be 'memory', 'off' or 'disk:<folder>', got {self.feature_cache!r}")
+        if not isinstance(self.arcad_options, dict):
+            raise TypeError(f"arcad_options must be a dict of torch_arcad.ArcAD keywords, got {self.arcad_options!r}")
         if not isinstance(self.synthetic, dict):
             raise TypeError(f"synthetic must be a dict of make_synthetic_dataset keywords, got {self.synthetic!r}")
 
@@ -254,4 +266,5 @@ def resolve_config(cfg: ExperimentConfig, *, synthetic: bool) -> ExperimentConfi
         lambdas=tuple(cfg.lambdas),
         categories=None if cfg.categories is None else list(cfg.categories),
         synthetic=dict(cfg.synthetic),
+        arcad_options=dict(cfg.arcad_options),
     )

@@ -47,11 +47,16 @@ class Batch(NamedTuple):
         images: float32 (B, 3, H, W), RGB in [0, 1].
         masks: float32 (B, H, W), 1 on defect pixels.
         labels: int64 (B,), 0 normal, 1 defective.
+        paths: the images' paths (their identity for the feature cache).
+        features: the frozen encoder's output for the images when cached (see :mod:`arcad_harness.cache`),
+            ``None`` otherwise: the detector then runs its encoder.
     """
 
     images: Tensor
     masks: Tensor
     labels: Tensor
+    paths: tuple[str, ...] = ()
+    features: list[Tensor] | None = None
 
 
 @dataclass
@@ -186,7 +191,9 @@ class ImageSet:
     def batch(self, index: Tensor, device: torch.device | str) -> Batch:
         """Images ``index`` (int64 (B,)) as a float :class:`Batch` on ``device``."""
         images = self.images[index].to(device=device, dtype=torch.float32) / MAX_PIXEL
-        return Batch(images, self.masks[index].to(device=device, dtype=torch.float32), self.labels[index].to(device))
+        masks = self.masks[index].to(device=device, dtype=torch.float32)
+        paths = tuple(self.paths[i] for i in index.tolist())
+        return Batch(images, masks, self.labels[index].to(device), paths)
 
 
 def load_images(samples: Sequence[MVTecSample], image_size: int) -> ImageSet:

@@ -23,6 +23,8 @@ from torch import Tensor, nn
 import torch_arcad
 from torch_arcad.layout import features_to_patches
 
+from .cache import FeatureStore, encoder_digest
+from .data import Batch
 from .config import BASELINES, ExperimentConfig, default_num_prototypes
 
 __all__ = [
@@ -31,6 +33,8 @@ __all__ = [
     "Setup",
     "StepOutput",
     "arcad_kwargs",
+    "decoded_rows",
+    "with_features",
     "init_prototypes_from_features",
     "load_example",
     "num_prototypes",
@@ -61,7 +65,8 @@ class Detector(nn.Module):
     """A reconstruction-based detector: frozen encoder, trainable bottleneck and decoder.
 
     Subclasses set :attr:`bottleneck_dim`, :attr:`prefix_tokens` and :attr:`branches`, keep their frozen modules in
-    :attr:`frozen` (eval mode whatever ``train()`` says) and implement :meth:`forward`,
+    :attr:`frozen` (eval mode whatever ``train()`` says) and implement :meth:`frozen_encoder`, :meth:`encode`,
+    :meth:`forward`,
     :meth:`reconstruction_loss`, :meth:`anomaly_map` and :meth:`image_score`.
     """
 
@@ -83,12 +88,45 @@ class Detector(nn.Module):
             module.eval()
         return self
 
-    def forward(self, images: Tensor) -> Reconstruction:
-        """RGB images float (B, 3, H, W) in [0, 1] -> :class:`Reconstruction`."""
+    def encode(self, images: Tensor) -> list[Tensor]:
+        """The frozen encoder's output for images float (B, 3, H, W) in [0, 1]: one (B, ...) tensor per layer.
+
+        Each image is encoded independently (eval mode, no gradient), so the output can be computed once per image
+        and reused (:mod:`arcad_harness.cache`).
+        """
         raise NotImplementedError
 
-    def reconstruction_loss(self, rec: Reconstruction, weights: Tensor, progress: float) -> Tensor:
-        """The baseline's loss on the images with positive ``weights`` (B,); ``progress`` in [0, 1] drives warm-ups."""
+    def forward(
+        self, images: Tensor, *, features: list[Tensor] | None = None, decode: Tensor | None = None
+    ) -> Reconstruction:
+        """RGB images float (B, 3, H, W) in [0, 1] -> :class:`Reconstruction`.
+
+        Args:
+            images: the batch.
+            features: :meth:`encode` of ``images`` when already computed (the feature cache); ``None`` runs the
+                encoder.
+            decode: bool (B,): the images the decoder sees (its targets and reconstructions are theirs only, so
+                its batch statistics and its loss come from them alone); ``None``: every image. ``z`` always
+                covers the whole batch.
+        """
+        raise NotImplementedError
+
+    def encoder_digest(self) -> str:
+        """:func:`~arcad_harness.cache.encoder_digest` of the frozen encoder (computed once; the encoder never
+        changes)."""
+        digest = getattr(self, "_encoder_digest", None)
+        if digest is None:
+            digest = encoder_digest(self.frozen_encoder())
+            self._encoder_digest = digest
+        return digest
+
+    def frozen_encoder(self) -> nn.Module:
+        """The module whose output :meth:`encode` returns."""
+        raise NotImplementedError
+
+    def reconstruction_loss(self, rec: Reconstruction, progress: float) -> Tensor:
+        """The baseline's loss on the images the decoder saw (``forward``'s ``decode``); ``progress`` in [0, 1]
+        drives warm-ups. Zero when it saw none."""
         raise NotImplementedError
 
     def anomaly_map(self, rec: Reconstruction, size: tuple[int, int]) -> Tensor:
@@ -113,6 +151,30 @@ class Detector(nn.Module):
             return int(z.shape[2]), int(z.shape[3])
         side = int(round((z.shape[1] - self.prefix_tokens) ** 0.5))
         return side, side
+
+
+def with_features(batch: Batch, model: Detector, store: FeatureStore | None, image_size: int) -> Batch:
+    """``batch`` with the frozen encoder's features from ``store`` (computed for the images it lacks); unchanged
+    when ``store`` is ``None`` (the detector then runs its encoder)."""
+    if store is None:
+        return batch
+    features = store.features(
+        model.encode, batch.images, batch.paths, image_size, model.encoder_digest(), batch.images.shape[0]
+    )
+    return batch._replace(features=features)
+
+
+def decoded_rows(decode: Tensor | None, batch: int) -> Tensor | None:
+    """Indices (M,) of the images whose ``decode`` flag (bool (B,)) is set; ``None`` when ``decode`` is ``None``.
+
+    The decoder's batch size then depends on the labels, which costs one host synchronisation per step in the
+    examples' training loop (not in ArcAD's loss path).
+    """
+    if decode is None:
+        return None
+    if decode.shape != (batch,):
+        raise ValueError(f"decode must be bool (B,) = ({batch},), got {tuple(decode.shape)}")
+    return torch.nonzero(decode.to(torch.bool)).flatten()
 
 
 class Setup(NamedTuple):
@@ -148,7 +210,8 @@ def num_prototypes(cfg: ExperimentConfig, model: Detector) -> int:
 
 
 def arcad_kwargs(cfg: ExperimentConfig, model: Detector) -> dict[str, object]:
-    """Keyword arguments of ``torch_arcad.ArcAD`` from the configuration (K, preset, lambdas, prefix tokens, seed)."""
+    """Keyword arguments of ``torch_arcad.ArcAD`` from the configuration (K, preset, lambdas, prefix tokens, seed and
+    ``cfg.arcad_options``)."""
     spm, dgc, cls = cfg.lambdas
     return {
         "num_prototypes": num_prototypes(cfg, model),
@@ -158,12 +221,13 @@ def arcad_kwargs(cfg: ExperimentConfig, model: Detector) -> dict[str, object]:
         "lambda_cls": cls,
         "prefix_tokens": model.prefix_tokens,
         "seed": cfg.seed,
+        **cfg.arcad_options,
     }
 
 
 @torch.no_grad()
 def init_prototypes_from_features(
-    model: Detector, arcad: torch_arcad.ArcAD, batches: list[Tensor], seed: int
+    model: Detector, arcad: torch_arcad.ArcAD, batches: list[Batch], seed: int
 ) -> int:
     """Initialise ArcAD's prototypes by k-means of the untrained model's bottleneck features of normal images.
 
@@ -174,7 +238,8 @@ def init_prototypes_from_features(
     Args:
         model: the detector.
         arcad: its ArcAD module.
-        batches: float (B, 3, H, W) batches of normal training images on the model's device.
+        batches: batches of normal training images on the model's device (with their cached encoder features,
+            when the harness caches them).
         seed: seed of the subset.
 
     Returns:
@@ -186,8 +251,8 @@ def init_prototypes_from_features(
     model.train()
     try:
         features = []
-        for images in batches:
-            z = model(images).z
+        for batch in batches:
+            z = model(batch.images, features=batch.features).z
             patches, _ = features_to_patches(z, arcad.prefix_tokens)
             features.append(patches.reshape(-1, patches.shape[-1]).float())
     finally:

@@ -26,7 +26,9 @@ from torch_arcad.datasets import MVTecSample
 from torch_arcad.metrics import auroc, evaluate
 
 from .config import ExperimentConfig
+from .cache import get_store
 from .data import ImageSet, iter_image_sets
+from .detector import with_features
 from .maps import gaussian_blur, upsample
 from .training import TrainedModel
 
@@ -67,19 +69,20 @@ class Fusion:
 
 
 @torch.no_grad()
-def predict_maps(trained: TrainedModel, images: Tensor) -> dict[str, Tensor]:
+def predict_maps(trained: TrainedModel, images: Tensor, features: list[Tensor] | None = None) -> dict[str, Tensor]:
     """Blurred anomaly maps of every available kind (``fused`` excluded) for a batch.
 
     Args:
         trained: the trained model (in eval mode).
         images: float (B, 3, H, W) on the model's device.
+        features: the frozen encoder's cached output for ``images`` (``None`` runs the encoder).
 
     Returns:
         kind -> float32 (B, H, W) on the model's device.
     """
     model, _, arcad = trained.setup
     size = (int(images.shape[-2]), int(images.shape[-1]))
-    rec = model(images)
+    rec = model(images, features=features)
     maps = {"recon": gaussian_blur(model.anomaly_map(rec, size))}
     if arcad is not None:
         scores = arcad.score(rec.z)
@@ -122,8 +125,10 @@ def fit_fusion(trained: TrainedModel, train_set: ImageSet, cfg: ExperimentConfig
     stride = cfg.eval_stride or 1
     collected: dict[str, list[Tensor]] = {kind: [] for kind in ARCAD_KINDS}
     index = torch.arange(len(train_set))
+    store = get_store(cfg.feature_cache)
     for chunk in index.split(cfg.batch_size):
-        maps = predict_maps(trained, train_set.batch(chunk, cfg.device).images)
+        batch = with_features(train_set.batch(chunk, cfg.device), trained.setup.model, store, cfg.image_size)
+        maps = predict_maps(trained, batch.images, batch.features)
         for kind in ARCAD_KINDS:
             collected[kind].append(maps[kind][:, ::stride, ::stride].cpu())
     stacked = {kind: torch.cat(values) for kind, values in collected.items()}
@@ -196,9 +201,10 @@ def evaluate_category(
     labels, masks, examples = [], [], []
     wanted = _figure_indices(samples) if keep_examples else set()
     offset = 0
+    store = get_store(cfg.feature_cache)
     for chunk in iter_image_sets(samples, cfg.image_size, cfg.batch_size):
-        batch = chunk.batch(torch.arange(len(chunk)), cfg.device)
-        maps = predict_maps(trained, batch.images)
+        batch = with_features(chunk.batch(torch.arange(len(chunk)), cfg.device), model, store, cfg.image_size)
+        maps = predict_maps(trained, batch.images, batch.features)
         if fusion is not None:
             maps["fused"] = fused_map(maps, fusion)
         for kind in kinds:

@@ -13,7 +13,9 @@ stride 16, one block per stage, and a linear 1x1 output per level because its fe
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -21,7 +23,7 @@ from torch import Tensor, nn
 
 from torch_arcad.backbones.resnet import Bottleneck
 
-__all__ = ["LAYOUTS", "OCBE", "OCBELayout", "ReverseDecoder"]
+__all__ = ["LAYOUTS", "OCBE", "OCBELayout", "ReverseDecoder", "batch_statistics_from"]
 
 #: Stride of the stride-16 encoder map relative to the stride-4 one (two stride-2 convolutions).
 FUSION_STRIDE: int = 2
@@ -62,6 +64,47 @@ LAYOUTS: dict[str, OCBELayout] = {
     "resnet18": OCBELayout(512, 2, 2, (2, 2, 2)),
     "efficientnet_lite0": OCBELayout(256, 1, 1, (1, 1, 1), linear_output=True),
 }
+
+
+def _reference_batch_norm(norm: nn.modules.batchnorm._BatchNorm, rows: Tensor, x: Tensor) -> Tensor:
+    """``norm`` in training mode with the batch statistics of ``x[rows]`` only, applied to every row.
+
+    The reference rows go through the module's own forward (their output, the running statistics and the
+    counter are exactly those of a batch of these rows alone); the other rows are normalised with the same
+    statistics, so they influence nothing of the reference rows' output.
+    """
+    if not norm.training:
+        return type(norm).forward(norm, x)
+    reference = x[rows]
+    out_reference = type(norm).forward(norm, reference)
+    dims = [0, *range(2, x.dim())]
+    shape = [1, -1] + [1] * (x.dim() - 2)
+    mean = reference.mean(dim=dims).view(shape)
+    var = reference.var(dim=dims, unbiased=False).view(shape)
+    out = (x - mean) * torch.rsqrt(var + norm.eps)
+    if norm.affine:
+        out = out * norm.weight.view(shape) + norm.bias.view(shape)
+    return out.index_copy(0, rows, out_reference)
+
+
+@contextmanager
+def batch_statistics_from(module: nn.Module, rows: Tensor | None) -> Iterator[None]:
+    """Within the block, every BatchNorm of ``module`` in training mode takes its batch statistics (and updates
+    its running statistics) from the rows ``rows`` (int64 (M,)) of its input only, and normalises every row with
+    them: the bottleneck sees every image, while its statistics, hence the normal images' ``z`` and everything
+    the decoder does with them, come from the normal images alone. ``None`` or no row: the usual whole-batch
+    statistics."""
+    if rows is None or rows.numel() == 0:
+        yield
+        return
+    norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for norm in norms:
+        norm.forward = functools.partial(_reference_batch_norm, norm, rows)  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        for norm in norms:
+            del norm.forward
 
 
 def _conv_bn_relu(in_channels: int, out_channels: int, stride: int) -> nn.Sequential:

@@ -13,7 +13,8 @@ import torch
 
 from .config import ExperimentConfig
 from .data import ImageSet, RandomBatches
-from .detector import Setup, StepOutput, init_prototypes_from_features
+from .cache import get_store
+from .detector import Setup, StepOutput, init_prototypes_from_features, with_features
 
 __all__ = ["TrainedModel", "format_duration", "train_model"]
 
@@ -142,13 +143,17 @@ def train_model(
         f"{prefix} {len(train_set)} training images ({int(train_set.labels.sum())} defective), "
         f"{sum(p.numel() for p in model.parameters() if p.requires_grad):,} trainable parameters, z grid {h}x{w}"
     )
-    start = time.perf_counter()  # the training time includes the prototype initialisation
+    start = time.perf_counter()  # the training time includes the prototype initialisation and feature caching
+    store = get_store(cfg.feature_cache)
     if arcad is not None:
         k = arcad.prototypes.num_prototypes
         diagnostics.update(num_prototypes=k, prototype_init=cfg.prototype_init, initialized_step=None)
         if cfg.prototype_init == "offline":
             normal = torch.nonzero(train_set.labels == 0).flatten()
-            batches = [train_set.batch(i, device).images for i in normal.split(cfg.batch_size)]
+            batches = [
+                with_features(train_set.batch(i, device), model, store, cfg.image_size)
+                for i in normal.split(cfg.batch_size)
+            ]
             available = init_prototypes_from_features(model, arcad, batches, cfg.seed)
             if arcad.initialized:
                 diagnostics["initialized_step"] = 0
@@ -166,7 +171,7 @@ def train_model(
         arcad.train()
     window_start, window_steps = time.perf_counter(), 0
     for step in range(1, cfg.steps + 1):
-        batch = train_set.batch(next(batches_iter), device)
+        batch = with_features(train_set.batch(next(batches_iter), device), model, store, cfg.image_size)
         out = example.train_step(model, arcad, optimizer, batch, (step - 1) / cfg.steps)
         record, usage = _step_record(step, out, patches_per_step)
         if not all(math.isfinite(v) for k, v in record.items() if k.startswith("loss")):
