@@ -120,7 +120,7 @@ BASELINES: tuple[str, ...] = ("dinomaly", "rd4ad", "recontrast")
 #: Default order of the runs: the two cheaper detectors first.
 DEFAULT_BASELINE_ORDER: tuple[str, ...] = ("rd4ad", "dinomaly", "recontrast")
 #: Score kinds of a +ArcAD run (a baseline run has ``recon`` only).
-SCORE_KINDS: tuple[str, ...] = ("recon", "prototype", "discriminator", "fused")
+SCORE_KINDS: tuple[str, ...] = ("recon", "prototype", "discriminator", "fused", "fused_equal")
 #: The baseline is always scored by reconstruction.
 BASELINE_KIND: str = "recon"
 #: Metrics in the order of the tables.

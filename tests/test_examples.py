@@ -40,7 +40,7 @@ from arcad_harness.detector import load_example  # noqa: E402
 from torch_arcad.datasets import make_synthetic_dataset, write_png  # noqa: E402
 
 METRICS = ("i_auroc", "p_auroc", "p_f1_max", "aupro")
-ALL_KINDS = ("recon", "prototype", "discriminator", "fused")
+ALL_KINDS = ("recon", "prototype", "discriminator", "fused", "fused_equal")
 TINY_SYNTHETIC = {"image_size": 32, "num_train": 10, "num_test_good": 3, "num_defects_per_kind": 2}
 
 

@@ -28,7 +28,7 @@ BASELINES: tuple[str, ...] = ("dinomaly", "rd4ad", "recontrast")
 #: ``single``: one model per category; ``multi``: one model for all categories together.
 SETTINGS: tuple[str, ...] = ("single", "multi")
 #: Anomaly scores reported for every run (a run without ArcAD has ``recon`` only).
-SCORE_KINDS: tuple[str, ...] = ("recon", "prototype", "discriminator", "fused")
+SCORE_KINDS: tuple[str, ...] = ("recon", "prototype", "discriminator", "fused", "fused_equal")
 #: ``offline``: k-means of the untrained model's bottleneck features of all training normals before the first
 #: step (what the released code does with a file); ``online``: the library's own initialisation from the first
 #: training batches.

@@ -10,6 +10,11 @@ own rule: RD4AD and ReContrast the maximum, Dinomaly the mean of the top 1%):
 * ``fused``: ``sum_k w_k (map_k - mean_k) / std_k`` over the three maps, with ``mean_k`` and ``std_k`` the pixel
   statistics of the training normals' maps and the weights (on a 0.1 grid of the simplex) those with the highest
   pixel AUROC on the training defective images: chosen on training data only, never on the test split.
+* ``fused_equal``: the same standardised maps with equal weights 1/3, the limit of shrinking the fitted weights
+  toward equal. The training defects are few (7 to 26 images here) and the model was trained on them (L_dgc pushes
+  their patches away from the prototypes, L_cls labels them anomalous), so the maps' pixel AUROC on them is an
+  in-sample, optimistic estimate; ``Fusion.train_p_auroc_by_kind`` records it per map, for comparison with the
+  test split.
 """
 
 from __future__ import annotations
@@ -56,16 +61,25 @@ class Fusion:
         mean, std: kind -> pixel statistics of the training normals' maps.
         train_p_auroc: the pixel AUROC of the chosen weights on the training defective images (``None`` when the
             model has no training defect with a non-empty mask, in which case the weights are recon only).
+        train_p_auroc_by_kind: the pixel AUROC of each map alone on the same images (in-sample: the model was
+            trained on them), ``None`` as above.
     """
 
     weights: dict[str, float]
     mean: dict[str, float]
     std: dict[str, float]
     train_p_auroc: float | None
+    train_p_auroc_by_kind: dict[str, float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable copy."""
-        return {"weights": self.weights, "mean": self.mean, "std": self.std, "train_p_auroc": self.train_p_auroc}
+        return {
+            "weights": self.weights,
+            "mean": self.mean,
+            "std": self.std,
+            "train_p_auroc": self.train_p_auroc,
+            "train_p_auroc_by_kind": self.train_p_auroc_by_kind,
+        }
 
 
 @torch.no_grad()
@@ -93,11 +107,16 @@ def predict_maps(trained: TrainedModel, images: Tensor, features: list[Tensor] |
     return maps
 
 
-def fused_map(maps: dict[str, Tensor], fusion: Fusion) -> Tensor:
-    """``sum_k w_k (maps[k] - mean_k) / std_k``: (B, H, W)."""
+def fused_map(maps: dict[str, Tensor], fusion: Fusion, weights: dict[str, float] | None = None) -> Tensor:
+    """``sum_k w_k (maps[k] - mean_k) / std_k``: (B, H, W), with ``fusion.weights`` or the given ``weights``."""
+    weights = fusion.weights if weights is None else weights
     return sum(  # type: ignore[return-value]
-        fusion.weights[kind] * (maps[kind] - fusion.mean[kind]) / fusion.std[kind] for kind in ARCAD_KINDS
+        weights[kind] * (maps[kind] - fusion.mean[kind]) / fusion.std[kind] for kind in ARCAD_KINDS
     )
+
+
+#: The weights of ``fused_equal``.
+EQUAL_WEIGHTS: dict[str, float] = {kind: 1.0 / len(ARCAD_KINDS) for kind in ARCAD_KINDS}
 
 
 def _weight_grid() -> list[tuple[float, float, float]]:
@@ -142,12 +161,13 @@ def fit_fusion(trained: TrainedModel, train_set: ImageSet, cfg: ExperimentConfig
         return Fusion(recon_only, mean, std, None)
     standardised = [((stacked[kind][defective] - mean[kind]) / std[kind]).flatten() for kind in ARCAD_KINDS]
     labels = masks[defective].flatten()
+    by_kind = {kind: auroc(values, labels) for kind, values in zip(ARCAD_KINDS, standardised)}
     best, best_weights = -1.0, recon_only
     for weights in _weight_grid():
         score = auroc(sum(w * s for w, s in zip(weights, standardised)), labels)
         if score > best:
             best, best_weights = score, dict(zip(ARCAD_KINDS, weights))
-    return Fusion(best_weights, mean, std, best)
+    return Fusion(best_weights, mean, std, best, by_kind)
 
 
 @dataclass
@@ -195,7 +215,7 @@ def evaluate_category(
     assert cfg.image_size is not None
     model = trained.setup.model
     stride = cfg.eval_stride or 1
-    kinds = ["recon"] + (["prototype", "discriminator", "fused"] if fusion is not None else [])
+    kinds = ["recon"] + (["prototype", "discriminator", "fused", "fused_equal"] if fusion is not None else [])
     image_scores: dict[str, list[Tensor]] = {kind: [] for kind in kinds}
     pixel_maps: dict[str, list[Tensor]] = {kind: [] for kind in kinds}
     labels, masks, examples = [], [], []
@@ -207,6 +227,7 @@ def evaluate_category(
         maps = predict_maps(trained, batch.images, batch.features)
         if fusion is not None:
             maps["fused"] = fused_map(maps, fusion)
+            maps["fused_equal"] = fused_map(maps, fusion, EQUAL_WEIGHTS)
         for kind in kinds:
             image_scores[kind].append(model.image_score(maps[kind]).cpu())
             pixel_maps[kind].append(maps[kind][:, ::stride, ::stride].cpu())
