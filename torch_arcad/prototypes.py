@@ -18,6 +18,10 @@ from .functional.sinkhorn import sinkhorn_knopp
 
 __all__ = ["SinkhornPrototypes", "PrototypeOutput"]
 
+#: Bound on the Sinkhorn scores: cosine similarities of unit features and unit prototypes lie in [-1, 1], which lets
+#: ``sinkhorn_knopp`` iterate in the exp domain for ``epsilon`` down to about 0.025 (below that it uses log domain).
+COSINE_BOUND = 1.0
+
 
 class PrototypeOutput(NamedTuple):
     """Result of :meth:`SinkhornPrototypes.forward`.
@@ -238,6 +242,7 @@ class SinkhornPrototypes(nn.Module):
             mask=mask,
             gather_distributed=distributed,
             group=self._group(),
+            score_bound=COSINE_BOUND,
         )
         per_row = spm_loss_from_similarities(similarities, q, self.temperature, reduction="none")
         if mask is not None:
