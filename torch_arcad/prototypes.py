@@ -62,7 +62,8 @@ class SinkhornPrototypes(nn.Module):
         dim: feature dimension D.
         num_prototypes: K.
         temperature: tau of eq. 4.
-        epsilon: Sinkhorn entropic regularisation.
+        epsilon: Sinkhorn entropic regularisation. The scores are cosines, so Sinkhorn is given the bound
+            :data:`COSINE_BOUND` and runs in the exp domain for ``epsilon`` >= about 0.025 (log domain below).
         sinkhorn_iterations: Sinkhorn scaling rounds.
         momentum: EMA momentum m (``mu <- normalize(m mu + (1 - m) target)``).
         init_factor: automatic initialisation waits for ``init_factor * K`` features.
