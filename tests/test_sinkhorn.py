@@ -374,6 +374,19 @@ def test_small_epsilon_with_a_bound_falls_back_to_log_domain(iterations):
     assert (kernel.sum(dim=1) == 0).any()
 
 
+@pytest.mark.parametrize("bound", [None, 1.0])
+def test_non_finite_scores_in_masked_rows_do_not_leak(bound):
+    scores = cosine_scores(12, 5, 16)
+    mask = torch.ones(12, dtype=torch.bool)
+    mask[[2, 7]] = False
+    poisoned = scores.clone()
+    poisoned[2] = float("nan")
+    poisoned[7, 1] = float("inf")
+    q = sinkhorn_knopp(poisoned, 0.05, 3, mask=mask, score_bound=bound)
+    assert torch.isfinite(q).all()
+    assert torch.equal(q, sinkhorn_knopp(scores, 0.05, 3, mask=mask, score_bound=bound))
+
+
 def test_exp_domain_all_rows_masked_gives_zeros():
     scores = cosine_scores(5, 3, 13)
     for iterations in (0, 3):

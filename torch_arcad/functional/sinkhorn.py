@@ -149,7 +149,7 @@ def _sinkhorn_exp(
     tiny = torch.finfo(WORKING_DTYPE).tiny
     q = torch.sub(scores.to(WORKING_DTYPE), score_bound).div_(epsilon).exp_()
     if valid is not None:
-        q.mul_(valid)
+        q.masked_fill_(~valid, 0.0)  # a fill, not a product: masked rows may hold non-finite scores
     column_mass = rows / scores.shape[1]
     for _ in range(iterations):
         column_sums = q.sum(dim=0)
