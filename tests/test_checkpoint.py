@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from torch_arcad.backbones.checkpoint import (
+from arcad_harness.backbones.checkpoint import (
     MAX_LISTED_KEYS,
     CheckpointDownloadError,
     CheckpointError,

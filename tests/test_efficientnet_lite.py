@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from torch_arcad.backbones.checkpoint import CheckpointError, load_state_dict
-from torch_arcad.backbones.efficientnet_lite import (
+from arcad_harness.backbones.checkpoint import CheckpointError, load_state_dict
+from arcad_harness.backbones.efficientnet_lite import (
     FEATURE_CHANNELS,
     INPUT_MEAN,
     INPUT_STD,

@@ -328,7 +328,7 @@ def test_empty_split_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_checkpoint_with_missing_keys_is_a_clear_error(tmp_path: Path) -> None:
-    from torch_arcad.backbones import efficientnet_lite0
+    from arcad_harness.backbones import efficientnet_lite0
 
     state = efficientnet_lite0(None).state_dict()
     del state["_conv_stem.weight"]

@@ -45,6 +45,20 @@ def test_loss_uses_pre_update_prototypes_and_ema_moves_toward_target():
     assert z.grad is not None and torch.isfinite(z.grad).all()
 
 
+@pytest.mark.parametrize("epsilon", [0.05, 1e-3])
+def test_assignments_are_the_plan_of_the_cosine_scores_with_their_bound(epsilon):
+    # the module passes the cosine bound 1: exp-domain plan at 0.05, log-domain plan at 1e-3 (bound too loose)
+    module = ready_module(epsilon=epsilon).eval()
+    z = torch.randn(40, 8)
+    scores = F.normalize(z, dim=1) @ module.prototypes.t()
+    out = module(z)
+    assert torch.equal(out.assignments, sinkhorn_knopp(scores, epsilon, module.sinkhorn_iterations, score_bound=1.0))
+    torch.testing.assert_close(
+        out.assignments, sinkhorn_knopp(scores, epsilon, module.sinkhorn_iterations), atol=1e-6, rtol=0
+    )
+    assert torch.isfinite(out.assignments).all()
+
+
 def test_eval_mode_does_not_update():
     module = ready_module().eval()
     before = module.prototypes.clone()

@@ -6,12 +6,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from torch_arcad.backbones.checkpoint import (
+from arcad_harness.backbones.checkpoint import (
     CheckpointDownloadError,
     CheckpointError,
     load_checkpoint,
 )
-from torch_arcad.backbones.resnet import (
+from arcad_harness.backbones.resnet import (
     INPUT_MEAN,
     INPUT_STD,
     RESNET18_IMAGENET_URL,

@@ -15,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from torch_arcad.functional import sinkhorn_knopp
+from torch_arcad.functional.sinkhorn import exp_domain_is_safe, min_exp_domain_epsilon
 
 ROW_TOLERANCE = 1e-5
 COLUMN_TOLERANCE = 1e-3
@@ -282,3 +283,134 @@ def test_error_message_names_expected_shape():
     with pytest.raises(ValueError, match=r"\(N, K\)"):
         sinkhorn_knopp(torch.randn(5))
     assert math.isclose(sinkhorn_knopp(torch.zeros(1, 1)).item(), 1.0)
+
+
+# ------------------------------------------------------------------ exp-domain path (score_bound given)
+
+PLAN_TOLERANCE = 1e-6
+FLOAT32_LOG_INVERSE_TINY = 87.3365  # -log(torch.finfo(torch.float32).tiny), written out independently
+
+
+def cosine_scores(n: int, k: int, seed: int, dim: int = 16) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    z = torch.nn.functional.normalize(torch.randn(n, dim, generator=g), dim=1)
+    mu = torch.nn.functional.normalize(torch.randn(k, dim, generator=g), dim=1)
+    return z @ mu.t()
+
+
+def test_exp_domain_threshold_follows_float32_tiny():
+    # exp(-2b/eps) / K must stay a normal float32: eps >= 2b / (log(1/tiny) - log K)
+    for bound, k in ((1.0, 1), (1.0, 500), (3.0, 64)):
+        expected = 2 * bound / (FLOAT32_LOG_INVERSE_TINY - math.log(k))
+        assert math.isclose(min_exp_domain_epsilon(bound, k), expected, rel_tol=1e-5)
+    assert 0.0246 < min_exp_domain_epsilon(1.0, 500) < 0.0248
+    assert exp_domain_is_safe(0.05, 1.0, 500)
+    assert not exp_domain_is_safe(0.02, 1.0, 500)
+    assert not exp_domain_is_safe(0.05, None, 500)
+    assert not exp_domain_is_safe(0.05, 1.0, 10**40)  # no epsilon is small enough for K beyond 1/tiny
+    # the smallest kernel entry at the threshold is tiny * K: a normal float32, and the next step down is not
+    k = 500
+    eps = min_exp_domain_epsilon(1.0, k)
+    smallest = torch.exp(torch.tensor(-2.0 / eps, dtype=torch.float64)) / k
+    assert smallest.float() >= torch.finfo(torch.float32).tiny * (1 - 1e-5)
+
+
+@FEW_EXAMPLES
+@given(
+    n=st.integers(1, MAX_SIDE),
+    k=st.integers(1, MAX_SIDE),
+    seed=st.integers(0, 2**31 - 1),
+    epsilon=st.floats(0.025, 1.0),
+    iterations=st.integers(0, 10),
+    masked=st.booleans(),
+)
+def test_exp_domain_plan_equals_log_domain_plan(n, k, seed, epsilon, iterations, masked):
+    scores = cosine_scores(n, k, seed)
+    mask = None
+    if masked:
+        mask = torch.rand(n, generator=torch.Generator().manual_seed(seed)) < 0.7
+    assert exp_domain_is_safe(epsilon, 1.0, k)
+    fast = sinkhorn_knopp(scores, epsilon, iterations, mask=mask, score_bound=1.0)
+    exact = sinkhorn_knopp(scores, epsilon, iterations, mask=mask)
+    assert fast.dtype == torch.float32
+    assert torch.isfinite(fast).all()
+    torch.testing.assert_close(fast, exact, atol=PLAN_TOLERANCE, rtol=0)
+    if mask is not None:
+        assert (fast[~mask] == 0).all()
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_exp_domain_at_the_worst_case_scores_near_the_threshold(seed):
+    # scores at +-b only (the widest spread the bound allows), epsilon just above the threshold for K
+    n, k = 48, 40
+    scores = random_scores(n, k, seed, 1.0, "extremes", torch.float32)
+    epsilon = min_exp_domain_epsilon(1.0, k) * 1.001
+    fast = sinkhorn_knopp(scores, epsilon, 5, score_bound=1.0)
+    assert torch.isfinite(fast).all()
+    torch.testing.assert_close(fast.sum(dim=1), torch.ones(n), atol=ROW_TOLERANCE, rtol=0)
+    torch.testing.assert_close(fast, sinkhorn_knopp(scores, epsilon, 5), atol=PLAN_TOLERANCE, rtol=0)
+
+
+def test_exp_domain_matches_float64_reference_at_default_epsilon():
+    scores = cosine_scores(200, 25, 11)
+    for iterations in (1, 3, 30):
+        expected = exp_domain_sinkhorn(scores, 0.05, iterations)
+        torch.testing.assert_close(
+            sinkhorn_knopp(scores, 0.05, iterations, score_bound=1.0).double(), expected, atol=PLAN_TOLERANCE, rtol=0
+        )
+
+
+@pytest.mark.parametrize("iterations", [0, 1, 3])
+def test_small_epsilon_with_a_bound_falls_back_to_log_domain(iterations):
+    # at epsilon 1e-3 exp(-2/eps) underflows: the bound must not be used, and the plan is the log-domain one
+    scores = cosine_scores(64, 20, 12)
+    assert not exp_domain_is_safe(1e-3, 1.0, 20)
+    q = sinkhorn_knopp(scores, 1e-3, iterations, score_bound=1.0)
+    assert torch.isfinite(q).all()
+    torch.testing.assert_close(q.sum(dim=1), torch.ones(64), atol=ROW_TOLERANCE, rtol=0)
+    assert torch.equal(q, sinkhorn_knopp(scores, 1e-3, iterations))
+    # the exp-domain form with the same shift would have produced empty rows here
+    kernel = torch.exp((scores - 1.0) / 1e-3)
+    assert (kernel.sum(dim=1) == 0).any()
+
+
+@pytest.mark.parametrize("bound", [None, 1.0])
+def test_non_finite_scores_in_masked_rows_do_not_leak(bound):
+    scores = cosine_scores(12, 5, 16)
+    mask = torch.ones(12, dtype=torch.bool)
+    mask[[2, 7]] = False
+    poisoned = scores.clone()
+    poisoned[2] = float("nan")
+    poisoned[7, 1] = float("inf")
+    q = sinkhorn_knopp(poisoned, 0.05, 3, mask=mask, score_bound=bound)
+    assert torch.isfinite(q).all()
+    assert torch.equal(q, sinkhorn_knopp(scores, 0.05, 3, mask=mask, score_bound=bound))
+
+
+def test_exp_domain_all_rows_masked_gives_zeros():
+    scores = cosine_scores(5, 3, 13)
+    for iterations in (0, 3):
+        q = sinkhorn_knopp(scores, 0.05, iterations, mask=torch.zeros(5, dtype=torch.bool), score_bound=1.0)
+        assert torch.equal(q, torch.zeros(5, 3))
+
+
+def test_exp_domain_under_autocast_and_low_precision_returns_float32():
+    scores = cosine_scores(32, 8, 14)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = scores.bfloat16()
+        q = sinkhorn_knopp(low, 0.05, 3, score_bound=1.0)
+    assert q.dtype == torch.float32
+    torch.testing.assert_close(q, sinkhorn_knopp(low.float(), 0.05, 3), atol=PLAN_TOLERANCE, rtol=0)
+
+
+def test_exp_domain_does_not_modify_the_scores():
+    scores = cosine_scores(10, 4, 15)
+    before = scores.clone()
+    sinkhorn_knopp(scores, 0.05, 3, score_bound=1.0)
+    assert torch.equal(scores, before)
+
+
+@pytest.mark.parametrize("bound", [0.0, -1.0])
+def test_non_positive_score_bound_raises(bound):
+    with pytest.raises(ValueError, match="score_bound"):
+        sinkhorn_knopp(torch.zeros(3, 2), score_bound=bound)

@@ -6,12 +6,12 @@ import urllib.error
 import pytest
 import torch
 
-from torch_arcad.backbones.checkpoint import (
+from arcad_harness.backbones.checkpoint import (
     CheckpointDownloadError,
     CheckpointError,
     load_checkpoint,
 )
-from torch_arcad.backbones.vit import (
+from arcad_harness.backbones.vit import (
     DINOMALY_LAYERS,
     DINOV2_VITB14_REG_URL,
     DINOV2_VITS14_REG_URL,

@@ -32,6 +32,10 @@ The split is stored as a JSON manifest::
 with ``sample = {"image": "<category>/test/crack/000.png", "mask": "<category>/ground_truth/crack/000_mask.png"
 or null, "label": 0 | 1, "defect": "good" | "<kind>"}`` and paths relative to ``root``.
 
+The manifest is read, validated and written by the MVTec reader, :mod:`torch_arcad.datasets.mvtec`
+(:func:`load_split`, :func:`save_split`, :func:`split_samples`, re-exported here), so that
+``MVTecDataset.from_split`` needs nothing from this module: imports run from the protocol to the reader only.
+
 Command line (also installed as ``torch-arcad-coldstart``)::
 
     python -m torch_arcad.coldstart --root DIR --out split.json --normal-fraction 0.3 \\
@@ -41,7 +45,6 @@ Command line (also installed as ``torch-arcad-coldstart``)::
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
@@ -55,17 +58,22 @@ import numpy as np
 
 from torch_arcad.datasets.mvtec import (
     ANOMALY_LABEL,
-    GOOD,
-    NORMAL_LABEL,
+    PARTS,
+    SPLIT_FORMAT,
+    SPLIT_VERSION,
     CategoryScan,
     MVTecSample,
     list_categories,
+    load_split,
+    save_split,
     scan_category,
+    split_samples,
 )
 
 __all__ = [
     "DEFAULT_ANOMALY_RATIO",
     "DEFAULT_NORMAL_FRACTION",
+    "PARTS",
     "SPLIT_FORMAT",
     "SPLIT_VERSION",
     "load_split",
@@ -81,21 +89,12 @@ __all__ = [
 
 PathLike = Union[str, "os.PathLike[str]"]
 
-#: Value of the manifest's ``"format"`` key.
-SPLIT_FORMAT: str = "torch-arcad-coldstart"
-#: Current manifest version.
-SPLIT_VERSION: int = 1
 #: Fraction of ``train/good`` kept as training normals in the paper.
 DEFAULT_NORMAL_FRACTION: float = 0.3
 #: Share of anomalies in the cold-start training set in the paper (0.05 for VisA and MANTA).
 DEFAULT_ANOMALY_RATIO: float = 0.10
 #: Slack for floating-point error in the two roundings (e.g. ``0.1 * 63 / 0.9 = 7.000000000000001``).
 ROUNDING_TOLERANCE: float = 1e-9
-#: Parts of a split.
-PARTS: tuple[str, ...] = ("train", "test")
-
-_SAMPLE_KEYS = ("image", "mask", "label", "defect")
-_TOP_KEYS = ("format", "version", "root", "normal_fraction", "anomaly_ratio", "seed", "categories")
 
 
 # ------------------------------------------------------------------------------------------- counts
@@ -336,156 +335,6 @@ def split_summary(split: Mapping[str, Any], category: str, *, empty_masks: int |
     if empty_masks:
         line += f"; {empty_masks} defect image(s) with an empty mask"
     return line
-
-
-# ------------------------------------------------------------------------------------------- manifests
-
-
-def save_split(split: Mapping[str, Any], path: PathLike) -> Path:
-    """Validate ``split`` and write it as JSON (atomically: a temporary file is renamed into place).
-
-    Returns:
-        The path written.
-    """
-    _validate(dict(split), source="split")
-    out = Path(path).expanduser()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(split, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, out)
-    return out
-
-
-def load_split(path: PathLike) -> dict[str, Any]:
-    """Read and validate a cold-start manifest written by :func:`save_split` or the command line.
-
-    Raises:
-        FileNotFoundError: ``path`` does not exist.
-        ValueError: the file is not JSON or not a valid manifest (the message names the first problem,
-            e.g. the key and sample index).
-    """
-    file = Path(path).expanduser()
-    if not file.is_file():
-        raise FileNotFoundError(f"split manifest {str(file)!r} does not exist")
-    try:
-        data = json.loads(file.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ValueError(f"split manifest {str(file)!r} is not valid JSON: {error}") from error
-    return _validate(data, source=str(file))
-
-
-def _validate(data: Any, source: str) -> dict[str, Any]:
-    where = f"split manifest {source!r}"
-    if not isinstance(data, dict):
-        raise ValueError(f"{where} must be a JSON object, got {type(data).__name__}")
-    missing = [k for k in _TOP_KEYS if k not in data]
-    if missing:
-        raise ValueError(f"{where} lacks the keys {missing}; expected {list(_TOP_KEYS)}")
-    if data["format"] != SPLIT_FORMAT:
-        raise ValueError(f"{where} has format {data['format']!r}, expected {SPLIT_FORMAT!r}")
-    if data["version"] != SPLIT_VERSION:
-        raise ValueError(f"{where} has version {data['version']!r}; this library reads version {SPLIT_VERSION}")
-    if not isinstance(data["root"], str):
-        raise ValueError(f"{where}: 'root' must be a string, got {type(data['root']).__name__}")
-    for key in ("normal_fraction", "anomaly_ratio"):
-        value = data[key]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value < 1.0:
-            raise ValueError(f"{where}: {key!r} must be a number in (0, 1), got {value!r}")
-    if isinstance(data["seed"], bool) or not isinstance(data["seed"], int):
-        raise ValueError(f"{where}: 'seed' must be an int, got {data['seed']!r}")
-    categories = data["categories"]
-    if not isinstance(categories, dict) or not categories:
-        raise ValueError(f"{where}: 'categories' must be a non-empty object of category -> {{'train', 'test'}}")
-    for name, entry in categories.items():
-        if not isinstance(entry, dict) or set(entry) != set(PARTS):
-            keys = sorted(entry) if isinstance(entry, dict) else type(entry).__name__
-            raise ValueError(f"{where}: category {name!r} must have exactly the keys ['test', 'train'], got {keys}")
-        seen: dict[str, str] = {}
-        for part in PARTS:
-            samples = entry[part]
-            if not isinstance(samples, list):
-                raise ValueError(f"{where}: categories[{name!r}][{part!r}] must be a list of samples")
-            for index, sample in enumerate(samples):
-                _validate_sample(sample, f"{where}: categories[{name!r}][{part!r}][{index}]")
-                image = sample["image"]
-                if image in seen:
-                    raise ValueError(
-                        f"{where}: image {image!r} of category {name!r} appears twice ({seen[image]} and {part})"
-                    )
-                seen[image] = part
-        if not any(s["label"] == NORMAL_LABEL for s in entry["train"]):
-            raise ValueError(f"{where}: category {name!r} has no normal training image")
-    return data
-
-
-def _validate_sample(sample: Any, where: str) -> None:
-    if not isinstance(sample, dict) or set(sample) != set(_SAMPLE_KEYS):
-        got = sorted(sample) if isinstance(sample, dict) else type(sample).__name__
-        raise ValueError(f"{where} must be an object with keys {sorted(_SAMPLE_KEYS)}, got {got}")
-    if not isinstance(sample["image"], str) or not sample["image"]:
-        raise ValueError(f"{where}: 'image' must be a non-empty relative path, got {sample['image']!r}")
-    if sample["mask"] is not None and not isinstance(sample["mask"], str):
-        raise ValueError(f"{where}: 'mask' must be a relative path or null, got {sample['mask']!r}")
-    for key in ("image", "mask"):
-        value = sample[key]
-        if isinstance(value, str) and (value.startswith("/") or Path(value).is_absolute()):
-            raise ValueError(f"{where}: {key!r} must be relative to the manifest root, got {value!r}")
-    label = sample["label"]
-    if isinstance(label, bool) or label not in (NORMAL_LABEL, ANOMALY_LABEL):
-        raise ValueError(f"{where}: 'label' must be 0 or 1, got {label!r}")
-    defect = sample["defect"]
-    if not isinstance(defect, str) or not defect:
-        raise ValueError(f"{where}: 'defect' must be 'good' or a defect kind, got {defect!r}")
-    if (label == NORMAL_LABEL) != (defect == GOOD):
-        raise ValueError(f"{where}: label {label} does not match defect {defect!r} (label 0 <=> defect 'good')")
-    if label == NORMAL_LABEL and sample["mask"] is not None:
-        raise ValueError(f"{where}: a normal sample must have mask null, got {sample['mask']!r}")
-
-
-def split_samples(
-    split: Mapping[str, Any],
-    part: str = "train",
-    *,
-    categories: str | Sequence[str] | None = None,
-    root: PathLike | None = None,
-) -> list[MVTecSample]:
-    """Samples of one part of a manifest, with absolute paths, ready for
-    :class:`~torch_arcad.datasets.mvtec.MVTecDataset`.
-
-    Args:
-        split: a manifest (from :func:`make_split` or :func:`load_split`).
-        part: ``"train"`` or ``"test"``.
-        categories: one category, several, or ``None`` for all (in manifest order).
-        root: data set root overriding the manifest's ``"root"`` (e.g. after moving the data).
-
-    Returns:
-        :class:`~torch_arcad.datasets.mvtec.MVTecSample` list in manifest order.
-
-    Raises:
-        ValueError: ``part`` is not ``"train"`` / ``"test"``, or a category is not in the manifest.
-    """
-    if part not in PARTS:
-        raise ValueError(f"part must be one of {PARTS}, got {part!r}")
-    available = list(split["categories"])
-    if categories is None:
-        names = available
-    else:
-        names = [categories] if isinstance(categories, str) else list(categories)
-        unknown = [c for c in names if c not in split["categories"]]
-        if unknown:
-            raise ValueError(f"unknown categories {unknown} in the split; it holds: {', '.join(available)}")
-    base = Path(root if root is not None else split["root"]).expanduser()
-    return [
-        MVTecSample(
-            image=base / record["image"],
-            mask=None if record["mask"] is None else base / record["mask"],
-            label=int(record["label"]),
-            defect=record["defect"],
-            category=name,
-        )
-        for name in names
-        for record in split["categories"][name][part]
-    ]
 
 
 # ------------------------------------------------------------------------------------------- CLI

@@ -18,6 +18,10 @@ from .functional.sinkhorn import sinkhorn_knopp
 
 __all__ = ["SinkhornPrototypes", "PrototypeOutput"]
 
+#: Bound on the Sinkhorn scores: cosine similarities of unit features and unit prototypes lie in [-1, 1], which lets
+#: ``sinkhorn_knopp`` iterate in the exp domain for ``epsilon`` down to about 0.025 (below that it uses log domain).
+COSINE_BOUND = 1.0
+
 
 class PrototypeOutput(NamedTuple):
     """Result of :meth:`SinkhornPrototypes.forward`.
@@ -58,7 +62,8 @@ class SinkhornPrototypes(nn.Module):
         dim: feature dimension D.
         num_prototypes: K.
         temperature: tau of eq. 4.
-        epsilon: Sinkhorn entropic regularisation.
+        epsilon: Sinkhorn entropic regularisation. The scores are cosines, so Sinkhorn is given the bound
+            :data:`COSINE_BOUND` and runs in the exp domain for ``epsilon`` >= about 0.025 (log domain below).
         sinkhorn_iterations: Sinkhorn scaling rounds.
         momentum: EMA momentum m (``mu <- normalize(m mu + (1 - m) target)``).
         init_factor: automatic initialisation waits for ``init_factor * K`` features.
@@ -238,6 +243,7 @@ class SinkhornPrototypes(nn.Module):
             mask=mask,
             gather_distributed=distributed,
             group=self._group(),
+            score_bound=COSINE_BOUND,
         )
         per_row = spm_loss_from_similarities(similarities, q, self.temperature, reduction="none")
         if mask is not None:

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from torch_arcad.backbones import efficientnet_lite, resnet, vit
+from .backbones import efficientnet_lite, resnet, vit
 
 from .config import CNN_ENCODERS, VIT_ENCODERS
 

@@ -50,7 +50,7 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
 
     Raises:
         ValueError, TypeError, FileNotFoundError, ImportError: bad configuration or data (clear messages; see
-            :func:`arcad_harness.data.prepare_data`), and ``torch_arcad.backbones.CheckpointError`` (a
+            :func:`arcad_harness.data.prepare_data`), and ``arcad_harness.backbones.CheckpointError`` (a
             ``ValueError``) for a checkpoint that does not fit the encoder.
     """
     cfg.validate()

@@ -21,13 +21,13 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from torch_arcad.backbones.resnet import Bottleneck
+from .backbones.resnet import Bottleneck
 
 __all__ = ["LAYOUTS", "OCBE", "OCBELayout", "ReverseDecoder", "batch_statistics_from"]
 
 #: Stride of the stride-16 encoder map relative to the stride-4 one (two stride-2 convolutions).
 FUSION_STRIDE: int = 2
-#: ``torch_arcad.backbones.resnet.Bottleneck`` widens by 4.
+#: ``arcad_harness.backbones.resnet.Bottleneck`` widens by 4.
 BOTTLENECK_EXPANSION: int = 4
 #: Base width of a standard / wide ResNet bottleneck (inner width = planes * base_width / 64).
 STANDARD_BASE_WIDTH: int = 64

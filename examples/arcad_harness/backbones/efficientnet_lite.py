@@ -42,8 +42,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from torch_arcad.backbones._preprocess import standardize
-from torch_arcad.backbones.checkpoint import load_checkpoint
+from ._preprocess import standardize
+from .checkpoint import load_checkpoint
 
 __all__ = [
     "BN_EPS",

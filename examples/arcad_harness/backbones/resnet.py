@@ -27,8 +27,8 @@ from typing import Optional, Sequence, Type, Union
 import torch
 from torch import Tensor, nn
 
-from torch_arcad.backbones._preprocess import standardize
-from torch_arcad.backbones.checkpoint import load_checkpoint
+from ._preprocess import standardize
+from .checkpoint import load_checkpoint
 
 __all__ = [
     "INPUT_MEAN",

@@ -29,8 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from torch_arcad.backbones.checkpoint import load_checkpoint
-from torch_arcad.backbones.resnet import INPUT_MEAN, INPUT_STD, normalize
+from .checkpoint import load_checkpoint
+from .resnet import INPUT_MEAN, INPUT_STD, normalize
 
 __all__ = [
     "DINOMALY_LAYERS",
