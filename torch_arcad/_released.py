@@ -53,9 +53,16 @@ def grouped_batch_norm(x: Tensor, norm: _BatchNorm, group: Tensor, weight: Tenso
         num_groups: G.
 
     Returns:
-        (N, C) normalised activations. A group without rows leaves the running statistics untouched; its rows (all
-        of weight 0) are normalised with a zero mean and unit variance, so they stay finite.
+        (N, C) normalised activations, dtype of ``x`` (the statistics are taken in float32, also under autocast).
+        A group without rows leaves the running statistics untouched; its rows (all of weight 0) are normalised
+        with a zero mean and unit variance, so they stay finite.
     """
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        out = _grouped_batch_norm_fp32(x.float(), norm, group, weight, num_groups)
+    return out.to(x.dtype)
+
+
+def _grouped_batch_norm_fp32(x: Tensor, norm: _BatchNorm, group: Tensor, weight: Tensor, num_groups: int) -> Tensor:
     membership = F.one_hot(group, num_groups).to(x.dtype) * weight.to(x.dtype).unsqueeze(1)  # (N, G)
     counts = _global_sum(membership.sum(0), norm)  # (G,)
     present = counts > 0
