@@ -103,3 +103,11 @@ def test_trunc_normal_init():
     assert module[0].weight.abs().max() <= 0.03 and module[2].weight.abs().max() <= 0.03
     assert not module[0].bias.any()
     assert torch.equal(module[1].weight, torch.ones(48))  # BatchNorm keeps its own initialisation
+
+
+def test_frozen_batch_norm_uses_its_running_statistics():
+    torch.manual_seed(0)
+    disc = FocalDiscriminator(CHANNELS, norm="batch")
+    disc.net[1].eval()  # the rest trains; BatchNorm frozen, as one may do for fine-tuning
+    x, group, weight = rows(12), torch.tensor([0] * 5 + [1] * 7), torch.ones(12)
+    assert torch.equal(discriminator_logits_by_group(disc, x, group, weight, 2), disc(x))

@@ -103,7 +103,8 @@ def discriminator_logits_by_group(
 ) -> Tensor:
     """The discriminator's (N,) logits with every BatchNorm layer normalising per group (training mode).
 
-    In evaluation mode, or without a BatchNorm layer, this is the ordinary call: the groups then do not matter.
+    In evaluation mode (a BatchNorm with running statistics then uses them), or without a BatchNorm layer, this is
+    the ordinary call: the groups then do not matter.
 
     Args:
         discriminator: a :class:`~torch_arcad.FocalDiscriminator` (its ``net`` is run layer by layer).
@@ -111,12 +112,21 @@ def discriminator_logits_by_group(
         group, weight, num_groups: as in :func:`grouped_batch_norm`.
     """
     layers = list(discriminator.net)
-    if not discriminator.training or not any(isinstance(layer, _BatchNorm) for layer in layers):
+    if not any(_uses_batch_statistics(layer) for layer in layers):
         return discriminator(x)
     out = x
     for layer in layers:
-        out = grouped_batch_norm(out, layer, group, weight, num_groups) if isinstance(layer, _BatchNorm) else layer(out)
+        if _uses_batch_statistics(layer):
+            out = grouped_batch_norm(out, layer, group, weight, num_groups)
+        else:
+            out = layer(out)
     return out.squeeze(1)
+
+
+def _uses_batch_statistics(layer: nn.Module) -> bool:
+    """Whether a layer is a BatchNorm that normalises with batch statistics now (PyTorch's own rule: in training
+    mode, or when it keeps no running statistics)."""
+    return isinstance(layer, _BatchNorm) and (layer.training or layer.running_mean is None)
 
 
 @torch.no_grad()
