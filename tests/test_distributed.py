@@ -43,23 +43,26 @@ def run_steps(model, features, masks):
                 "feature_grad": x.grad.clone(),
                 "param_grads": grads,
                 "prototypes": model.prototypes.prototypes.clone(),
+                "buffers": [b.clone().float() for name, b in model.discriminator.named_buffers()],
             }
         )
     return records
 
 
-def new_model():
+def new_model(preset="paper"):
     torch.manual_seed(0)  # identical discriminator weights everywhere
-    return ArcAD(DIM, K, sigma=0.0, init_factor=2)
+    return ArcAD(DIM, K, preset=preset, sigma=0.0, init_factor=2)
 
 
-def worker(rank, init_file, out_dir):
+def worker(rank, init_file, out_dir, preset="paper"):
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
     torch.set_num_threads(1)
     features, masks = make_data()
     half = BATCH // WORLD
     rows = slice(rank * half, (rank + 1) * half)
-    model = new_model()
+    model = new_model(preset)
+    if preset == "official":  # BatchNorm in the discriminator: global statistics, as docs/integration.md says
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     records = run_steps(model, [f[rows] for f in features], masks[rows])
     # assignments of this rank's rows under the final prototypes, in eval mode
     z = torch.nn.functional.normalize(features[0][rows].flatten(2).transpose(1, 2).reshape(-1, DIM), dim=1)
@@ -69,14 +72,15 @@ def worker(rank, init_file, out_dir):
 
 
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not built")
-def test_two_ranks_match_one_process(tmp_path):
+@pytest.mark.parametrize("preset", ["paper", "official"])
+def test_two_ranks_match_one_process(tmp_path, preset):
     features, masks = make_data()
-    reference_model = new_model()
+    reference_model = new_model(preset)
     reference = run_steps(reference_model, features, masks)
     z = torch.nn.functional.normalize(features[0].flatten(2).transpose(1, 2).reshape(-1, DIM), dim=1)
     reference_q = reference_model.prototypes.eval()(z).assignments
 
-    mp.spawn(worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=WORLD, join=True)
+    mp.spawn(worker, args=(str(tmp_path / "init"), str(tmp_path), preset), nprocs=WORLD, join=True)
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
 
     patches = BATCH // WORLD * GRID * GRID
@@ -87,6 +91,8 @@ def test_two_ranks_match_one_process(tmp_path):
             assert torch.allclose(got["loss"], expected["loss"], atol=1e-5)
             assert torch.allclose(got["terms"], expected["terms"], atol=1e-5)
             for a, b in zip(got["param_grads"], expected["param_grads"]):
+                assert torch.allclose(a, b, atol=1e-5)
+            for a, b in zip(got["buffers"], expected["buffers"], strict=True):  # BatchNorm running statistics
                 assert torch.allclose(a, b, atol=1e-5)
             # each rank's input gradient is world_size times its share (DDP averages parameter gradients)
             half = BATCH // WORLD

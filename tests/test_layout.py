@@ -78,3 +78,15 @@ def test_image_labels():
     assert image_labels(torch.tensor([0.0, 1.0]), None, 2, torch.device("cpu")).tolist() == [False, True]
     with pytest.raises(ValueError, match=r"\(B,\)"):
         image_labels(torch.tensor([0, 1, 1]), None, 2, torch.device("cpu"))
+
+
+def test_mask_level_counts_soft_fringes():
+    masks = torch.zeros(1, 8, 8)
+    masks[0, 0, 0] = 1.0
+    masks[0, 7, 7] = 0.2  # the soft fringe of a resized mask
+    assert masks_to_patches(masks, 1, (2, 2)).tolist() == [[True, False, False, False]]
+    assert masks_to_patches(masks, 1, (2, 2), level=0.0).tolist() == [[True, False, False, True]]
+    expected = F.adaptive_max_pool2d(masks.unsqueeze(1), (2, 2)).flatten(1) > 0
+    assert torch.equal(masks_to_patches(masks, 1, (2, 2), level=0.0), expected)
+    with pytest.raises(ValueError, match="mask_level"):
+        masks_to_patches(masks, 1, (2, 2), level=1.0)

@@ -8,7 +8,19 @@ from torch_arcad import PRESETS, ArcAD, get_preset
 def test_official_differs_from_paper_at_every_deviation():
     paper, official = PRESETS["paper"], PRESETS["official"]
     differing = {f.name for f in dataclasses.fields(paper) if getattr(paper, f.name) != getattr(official, f.name)}
-    assert differing == {"num_candidates", "clamp_push", "cls_anomalies", "cls_weighting", "discriminator_norm"}
+    assert differing == {
+        "num_candidates",
+        "clamp_push",
+        "cls_anomalies",
+        "cls_weighting",
+        "discriminator_norm",
+        "mask_level",
+        "few_patch_assignment",
+        "ema_before_synthesis",
+        "pool_without_normals",
+        "discriminator_batches",
+        "discriminator_init",
+    }
     assert official.num_candidates == 50 and paper.num_candidates == 5
     # shared settings match the released code's values
     assert paper.sigma == official.sigma == 0.015

@@ -188,3 +188,31 @@ def test_batch_of_one_row():
     out = module(torch.randn(1, 8, requires_grad=True))
     assert torch.isfinite(out.loss)
     assert math.isclose(out.assignments.sum().item(), 1.0, rel_tol=1e-5)
+
+
+@pytest.mark.parametrize("rows", [3, 4, 5, 9])
+def test_few_rows_softmax_fallback(rows):
+    # K = 4: with at most 4 taking-part rows the plan is softmax(S / epsilon) per row, with more it is Sinkhorn
+    module = ready_module(few_rows="softmax")
+    mu = module.prototypes.clone()
+    z = unit(rows + 2, 8)
+    mask = torch.ones(rows + 2, dtype=torch.bool)
+    mask[:2] = False
+    q = module(z, mask=mask).assignments
+    scores = z[2:] @ mu.t()
+    if rows <= 4:
+        expected = torch.softmax(scores / module.epsilon, dim=1)
+    else:
+        expected = sinkhorn_knopp(scores, module.epsilon, module.sinkhorn_iterations)
+    assert torch.allclose(q[2:], expected, atol=1e-6)
+    assert not q[:2].any()
+    # the default keeps Sinkhorn whatever the count
+    default = ready_module()
+    default.prototypes.copy_(mu)
+    assert torch.allclose(
+        default(z, mask=mask).assignments[2:],
+        sinkhorn_knopp(scores, module.epsilon, module.sinkhorn_iterations),
+        atol=1e-6,
+    )
+    with pytest.raises(ValueError, match="few_rows"):
+        SinkhornPrototypes(8, 4, few_rows="argmax")

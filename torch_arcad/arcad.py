@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from ._released import discriminator_logits_by_group, trunc_normal_init_
 from ._validation import check_dim
 from .calibration import DefectGuidedLoss
 from .discriminator import FocalDiscriminator
@@ -92,7 +93,8 @@ class ArcAD(nn.Module):
         dim: feature dimension D of the bottleneck output.
         num_prototypes: K (paper 500; the released code uses 800 for MVTec AD and MANTA).
         preset: ``"paper"`` or ``"official"`` (the released code's behaviour at each point where it departs from
-            the paper; see :mod:`torch_arcad.presets`).
+            the paper; see :mod:`torch_arcad.presets`), or an :class:`~torch_arcad.presets.ArcADPreset`, e.g.
+            ``get_preset("official", mask_level=0.5)`` for settings without a keyword here.
         lambda_spm, lambda_dgc, lambda_cls: lambda_1..3 of eq. 10.
         prefix_tokens: leading non-patch tokens of a (B, N, D) input (Dinomaly: 5 = CLS + 4 registers).
         mask_threshold: defect fraction above which a patch is anomalous (0.0: any defect pixel).
@@ -177,6 +179,7 @@ class ArcAD(nn.Module):
             momentum=config.momentum,
             init_factor=init_factor,
             seed=seed,
+            few_rows=config.few_patch_assignment,
         )
         if sigma_reference_dim is not None and (
             isinstance(sigma_reference_dim, bool) or not isinstance(sigma_reference_dim, int) or sigma_reference_dim < 1
@@ -195,6 +198,8 @@ class ArcAD(nn.Module):
             norm=config.discriminator_norm,
             weighting=config.cls_weighting,
         )
+        if config.discriminator_init == "trunc_normal":
+            trunc_normal_init_(self.discriminator)
 
     def extra_repr(self) -> str:
         return (
@@ -226,7 +231,8 @@ class ArcAD(nn.Module):
             features: bottleneck output for the whole batch: (B, N, D) tokens (the first ``prefix_tokens`` are
                 dropped, the rest form a square grid) or (B, D, H, W) maps.
             masks: ground-truth masks at image resolution, (B, H, W) or (B, 1, H, W); None when the batch has no
-                defective image.
+                defective image. A floating mask pixel above the preset's ``mask_level`` is a defect pixel (0.5 for
+                ``"paper"``; 0.0 for ``"official"``, so the soft fringe of a resized mask counts).
             labels: (B,) image labels, non-zero for defective images; derived from ``masks`` when absent.
             generator: optional random generator for the synthesis noise.
 
@@ -235,7 +241,11 @@ class ArcAD(nn.Module):
         """
         patches, grid = self._patches(features)
         batch, num_patches, _ = patches.shape
-        anomalous = masks_to_patches(masks, batch, grid, self.mask_threshold) if masks is not None else None
+        anomalous = (
+            masks_to_patches(masks, batch, grid, self.mask_threshold, level=self.config.mask_level)
+            if masks is not None
+            else None
+        )
         defective = image_labels(labels, anomalous, batch, patches.device)
         if anomalous is None:
             anomalous = torch.zeros(batch, num_patches, dtype=torch.bool, device=patches.device)
@@ -255,27 +265,37 @@ class ArcAD(nn.Module):
             return ArcADOutput(zero, zero, zero, zero, stats)
         mu = spm.prototypes
         w_normal, w_real, w_cls_real = normal.float(), real.float(), cls_real.float()
+        # Eq. 5-8 see the pre-update prototypes (the E-step), or the EMA-updated ones (the released code).
+        mu_cal, push_similarities = mu, spm.similarities
+        if self.config.ema_before_synthesis:
+            mu_cal, push_similarities = self.prototypes.prototypes.detach().clone(), None
 
         # Eq. 5-6: one pseudo-anomaly per patch; only those of normal patches count (weights).
-        synthetic = self.synthesizer(z, mu, generator=generator)
+        synthetic = self.synthesizer(z, mu_cal, generator=generator)
 
         # Eq. 8: the mean of the (detached) pseudo-anomalies is a global statistic under DDP.
         syn_stats = torch.cat([(w_normal.unsqueeze(1) * synthetic.detach()).sum(0), w_normal.sum().unsqueeze(0)])
+        if self.config.pool_without_normals == "prototypes":
+            syn_stats = torch.cat([syn_stats, self._prototype_pool_stats(mu_cal, generator)])
         if self.prototypes.gathers_globally:
             syn_stats = all_reduce_sum(syn_stats.clone(), self.prototypes.process_group)
-        syn_mean = syn_stats[:-1] / syn_stats[-1].clamp_min(1)
+        syn_mean = syn_stats[: self.dim] / syn_stats[self.dim].clamp_min(1)
+        if self.config.pool_without_normals == "prototypes":
+            # no normal patch anywhere: the pseudo-anomalies come from the prototypes (selected on the device)
+            pool_mean = syn_stats[self.dim + 1 : -1] / syn_stats[-1].clamp_min(1)
+            syn_mean = torch.where(syn_stats[self.dim] > 0, syn_mean, pool_mean)
         dgc_sum = defect_guided_loss(
             z,
-            mu,
+            mu_cal,
             syn_mean.unsqueeze(0),
             anomaly_weight=w_real,
             clamp_push=self.calibration.clamp_push,
-            similarities=spm.similarities,
+            similarities=push_similarities,
             reduction="sum",
         )
 
         # Eq. 9: the patches pass once (target 1 where anomalous), the pseudo-anomalies once (target 1).
-        logits = self.discriminator(torch.cat([z, synthetic]))
+        logits = self._discriminator_logits(torch.cat([z, synthetic]), normal, w_normal, w_cls_real)
         logits_z, logits_syn = logits.split(z.shape[0])
         focal = binary_focal_loss_with_logits(
             logits, torch.cat([w_cls_real, torch.ones_like(w_normal)]), self.config.alpha, self.config.gamma,
@@ -316,6 +336,29 @@ class ArcAD(nn.Module):
                 "discriminator_accuracy": accuracy,
             }
         return ArcADOutput(loss, spm.loss, dgc, cls, stats)
+
+    def _prototype_pool_stats(self, mu: Tensor, generator: torch.Generator | None) -> Tensor:
+        """(D + 1,) sum and count of pseudo-anomalies synthesised from the K prototypes themselves (eq. 5-6 with
+        the prototypes as anchors): the released code's eq. 8 pool for a batch without normal images. Always
+        computed (K anchors, a fraction K / N of the main synthesis) so the selection needs no host branch."""
+        with torch.no_grad():
+            pool = self.synthesizer(mu, mu, generator=generator)
+        return torch.cat([pool.sum(0), pool.new_full((1,), float(pool.shape[0]))])
+
+    def _discriminator_logits(self, x: Tensor, normal: Tensor, w_normal: Tensor, w_cls_real: Tensor) -> Tensor:
+        """Discriminator logits of ``[patches; pseudo-anomalies]`` (2N, D).
+
+        ``"joint"``: one batch. ``"grouped"``: BatchNorm statistics per group, as the released code's three calls:
+        the normal patches, their pseudo-anomalies, the real positives (every patch of a defective image with
+        ``cls_anomalies="image"``). Pseudo-anomalies of defective-image patches take the second group's statistics
+        with weight 0 (their loss weight is 0 too).
+        """
+        if self.config.discriminator_batches == "joint":
+            return self.discriminator(x)
+        patch_group = torch.where(normal, 0, 2)
+        group = torch.cat([patch_group, torch.ones_like(patch_group)])
+        weight = torch.cat([torch.where(normal, w_normal, w_cls_real), w_normal])
+        return discriminator_logits_by_group(self.discriminator, x, group, weight, num_groups=3)
 
     @torch.no_grad()
     def score(self, features: Tensor) -> ArcADScores:

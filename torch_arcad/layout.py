@@ -44,18 +44,23 @@ def features_to_patches(features: Tensor, prefix_tokens: int = 0) -> tuple[Tenso
     )
 
 
-def masks_to_patches(masks: Tensor, batch: int, grid: tuple[int, int], threshold: float = 0.0) -> Tensor:
+def masks_to_patches(
+    masks: Tensor, batch: int, grid: tuple[int, int], threshold: float = 0.0, *, level: float = 0.5
+) -> Tensor:
     """Down-sample ground-truth masks to the patch grid.
 
     A patch is anomalous when the fraction of defect pixels under it exceeds ``threshold``; with 0.0 any defect
-    pixel suffices, which is the released code's adaptive max-pool. Floating masks are binarised at 0.5, integer
-    and boolean masks at non-zero (so 0/1, 0/255 and bool masks all work).
+    pixel suffices (an adaptive max-pool). A floating mask pixel is a defect pixel when it exceeds ``level``
+    (0.5 by default), integer and boolean ones when non-zero (so 0/1, 0/255 and bool masks all work). With
+    ``level=0.0`` and ``threshold=0.0`` this is the released code's ``adaptive_max_pool2d(mask) > 0`` on the raw
+    mask: the soft fringe of a bilinearly resized mask marks the patches it touches.
 
     Args:
         masks: (B, H, W) or (B, 1, H, W) at image resolution, H >= h and W >= w, with the grid's aspect ratio.
         batch: expected B.
         grid: (h, w) patch grid.
         threshold: defect fraction in [0, 1).
+        level: pixel value in [0, 1) above which a floating mask pixel is a defect pixel.
 
     Returns:
         (B, h * w) boolean, row-major.
@@ -70,6 +75,8 @@ def masks_to_patches(masks: Tensor, batch: int, grid: tuple[int, int], threshold
         raise ValueError(f"masks must have batch size B={batch} like the features, got shape {tuple(masks.shape)}")
     if not 0.0 <= threshold < 1.0:
         raise ValueError(f"mask_threshold must be in [0, 1), got {threshold}")
+    if not 0.0 <= level < 1.0:
+        raise ValueError(f"mask_level must be in [0, 1), got {level}")
     h, w = grid
     height, width = masks.shape[1:]
     expected_height = width * h / w  # the grid's aspect ratio, tolerated to within one patch row
@@ -78,7 +85,7 @@ def masks_to_patches(masks: Tensor, batch: int, grid: tuple[int, int], threshold
             f"masks of spatial size ({height}, {width}) cannot be matched to the ({h}, {w}) patch grid: they must be "
             "at least as large as the grid, with the same aspect ratio"
         )
-    binary = masks > 0.5 if masks.is_floating_point() else masks != 0
+    binary = masks > level if masks.is_floating_point() else masks != 0
     fraction = F.adaptive_avg_pool2d(binary.unsqueeze(1).float(), (h, w))
     return rearrange(fraction > threshold, "b 1 h w -> b (h w)")
 

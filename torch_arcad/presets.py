@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
 
+from ._validation import check_choice
+
 __all__ = ["ArcADPreset", "PRESETS", "get_preset"]
 
 
@@ -32,6 +34,21 @@ class ArcADPreset:
         discriminator_norm: ``"none"`` or ``"batch"`` (BatchNorm1d between the two layers).
         alpha: focal weight of the positives.
         gamma: focal exponent.
+        mask_level: a floating mask pixel above this value is a defect pixel: 0.5 binarises a soft mask, 0.0 lets
+            every non-zero pixel count (the released code's ``adaptive_max_pool2d(mask) > 0`` on bilinearly resized
+            masks, whose soft fringes then mark patches). Integer and boolean masks count at non-zero either way.
+        few_patch_assignment: the plan Q when a batch has no more normal patches than prototypes: ``"sinkhorn"``
+            (always eq. 3) or ``"softmax"`` (``softmax(S / epsilon)``, the released code).
+        ema_before_synthesis: run the prototype EMA before eqs. 5-8, so the synthesis and eq. 8's push term see
+            the updated prototypes (the released code); L_spm uses the pre-update prototypes either way.
+        pool_without_normals: eq. 8's pseudo-anomalies when the batch has no normal image: ``"none"`` (the pull
+            term is then the constant 1) or ``"prototypes"`` (synthesised from the prototypes themselves, the
+            released code).
+        discriminator_batches: ``"joint"`` (normal, synthetic and real features through the discriminator in one
+            batch) or ``"grouped"`` (each group normalised with its own BatchNorm statistics, as the released
+            code's three calls do). Only matters with ``discriminator_norm="batch"`` in training mode.
+        discriminator_init: ``"default"`` (PyTorch's) or ``"trunc_normal"`` (linear weights from a normal of std
+            0.01 truncated to +-0.03, biases 0, the released code).
     """
 
     temperature: float = 0.1
@@ -46,6 +63,20 @@ class ArcADPreset:
     discriminator_norm: str = "none"
     alpha: float = 0.75
     gamma: float = 2.0
+    mask_level: float = 0.5
+    few_patch_assignment: str = "sinkhorn"
+    ema_before_synthesis: bool = False
+    pool_without_normals: str = "none"
+    discriminator_batches: str = "joint"
+    discriminator_init: str = "default"
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.mask_level < 1.0:
+            raise ValueError(f"mask_level must be in [0, 1), got {self.mask_level}")
+        check_choice("few_patch_assignment", self.few_patch_assignment, ("sinkhorn", "softmax"))
+        check_choice("pool_without_normals", self.pool_without_normals, ("none", "prototypes"))
+        check_choice("discriminator_batches", self.discriminator_batches, ("joint", "grouped"))
+        check_choice("discriminator_init", self.discriminator_init, ("default", "trunc_normal"))
 
 
 PRESETS: dict[str, ArcADPreset] = {
@@ -56,20 +87,30 @@ PRESETS: dict[str, ArcADPreset] = {
         cls_anomalies="image",
         cls_weighting="balanced",
         discriminator_norm="batch",
+        mask_level=0.0,
+        few_patch_assignment="softmax",
+        ema_before_synthesis=True,
+        pool_without_normals="prototypes",
+        discriminator_batches="grouped",
+        discriminator_init="trunc_normal",
     ),
 }
 
 
-def get_preset(name: str, **overrides: object) -> ArcADPreset:
-    """The preset ``name`` with the non-``None`` ``overrides`` applied.
+def get_preset(name: str | ArcADPreset, **overrides: object) -> ArcADPreset:
+    """The preset ``name`` (or a given :class:`ArcADPreset`) with the non-``None`` ``overrides`` applied.
 
     Raises:
         ValueError: for an unknown preset or an unknown setting.
     """
-    if name not in PRESETS:
-        raise ValueError(f"preset must be one of {tuple(PRESETS)}, got {name!r}")
+    if isinstance(name, ArcADPreset):
+        base = name
+    elif name in PRESETS:
+        base = PRESETS[name]
+    else:
+        raise ValueError(f"preset must be one of {tuple(PRESETS)} or an ArcADPreset, got {name!r}")
     known = {f.name for f in fields(ArcADPreset)}
     unknown = set(overrides) - known
     if unknown:
         raise ValueError(f"unknown preset settings {sorted(unknown)}; known: {sorted(known)}")
-    return replace(PRESETS[name], **{k: v for k, v in overrides.items() if v is not None})
+    return replace(base, **{k: v for k, v in overrides.items() if v is not None})

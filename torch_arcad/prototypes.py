@@ -11,7 +11,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._validation import check_dim, check_positive, check_rank
+from ._validation import check_choice, check_dim, check_positive, check_rank
 from .distributed import all_gather_rows, all_reduce_sum, broadcast_, get_rank, global_means, is_distributed
 from .functional.prototypes import ema_prototypes, spherical_kmeans, spm_loss_from_similarities
 from .functional.sinkhorn import sinkhorn_knopp
@@ -70,6 +70,9 @@ class SinkhornPrototypes(nn.Module):
         kmeans_iterations: Lloyd iterations of the initialisation.
         gather_distributed: make statistics global under ``torch.distributed``.
         seed: seed of the k-means++ draws, for reproducible initialisation.
+        few_rows: the plan when the (global) number of taking-part rows is at most K: ``"sinkhorn"`` (eq. 3 as
+            always) or ``"softmax"`` (``softmax(S / epsilon)`` per row, the released code's fallback). Both plans
+            are computed and one is selected on the device, so the choice costs no synchronisation.
     """
 
     prototypes: Tensor
@@ -89,8 +92,10 @@ class SinkhornPrototypes(nn.Module):
         kmeans_iterations: int = 10,
         gather_distributed: bool = True,
         seed: int = 0,
+        few_rows: str = "sinkhorn",
     ) -> None:
         super().__init__()
+        check_choice("few_rows", few_rows, ("sinkhorn", "softmax"))
         if dim < 1 or num_prototypes < 1:
             raise ValueError(f"dim and num_prototypes must be >= 1, got dim={dim}, num_prototypes={num_prototypes}")
         check_positive("temperature", temperature)
@@ -111,6 +116,7 @@ class SinkhornPrototypes(nn.Module):
         self.kmeans_iterations = kmeans_iterations
         self.gather_distributed = gather_distributed
         self.seed = seed
+        self.few_rows = few_rows
         #: process group of the collectives (None: the default group)
         self.process_group: dist.ProcessGroup | None = None
         self.register_buffer("prototypes", torch.zeros(num_prototypes, dim))
@@ -245,6 +251,8 @@ class SinkhornPrototypes(nn.Module):
             group=self._group(),
             score_bound=COSINE_BOUND,
         )
+        if self.few_rows == "softmax":
+            q = self._few_rows_fallback(scores, q, mask, distributed)
         per_row = spm_loss_from_similarities(similarities, q, self.temperature, reduction="none")
         if mask is not None:
             weight = mask.to(torch.float32)
@@ -259,6 +267,22 @@ class SinkhornPrototypes(nn.Module):
         if self.training:
             self._ema_update(z.detach(), q, mu)
         return PrototypeOutput(loss, q, mu, similarities)
+
+    @torch.no_grad()
+    def _few_rows_fallback(self, scores: Tensor, q: Tensor, mask: Tensor | None, distributed: bool) -> Tensor:
+        """``softmax(S / epsilon)`` in place of the Sinkhorn plan ``q`` when at most K rows take part.
+
+        The row count is compared on the device and the plan selected with ``torch.where``: the data-dependent
+        branch of the released code without a host synchronisation.
+        """
+        softmax = sinkhorn_knopp(scores, self.epsilon, 0, mask=mask)  # 0 rounds: the row softmax, masked rows 0
+        if mask is not None:
+            rows = mask.to(torch.float32).sum()
+        else:
+            rows = torch.full((), float(scores.shape[0]), device=scores.device)
+        if distributed:
+            rows = all_reduce_sum(rows.clone(), self._group())
+        return torch.where(rows > self.num_prototypes, q, softmax)
 
     @torch.no_grad()
     def _ema_update(self, z: Tensor, q: Tensor, mu: Tensor) -> None:
