@@ -189,7 +189,7 @@ def test_too_many_prototypes_for_the_batch_warn_once_with_a_suggestion():
 def test_initialised_prototypes_warn_from_the_batch_shape_alone():
     model = ArcAD(DIM, 20)  # 64 patches a step < 4 * 20
     model.prototypes.init_prototypes(torch.randn(64, DIM))
-    with pytest.warns(UserWarning, match="num_prototypes=20 is too large for the 64"):
+    with pytest.warns(UserWarning, match="num_prototypes=20 is large for the 64 normal patches"):
         model(torch.randn(4, DIM, GRID, GRID))
 
 

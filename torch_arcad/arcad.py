@@ -347,9 +347,10 @@ class ArcAD(nn.Module):
         if rows < MIN_PATCHES_PER_PROTOTYPE * k and suggest_num_prototypes(max(rows, 1)) < k:
             self._warned_num_prototypes = True
             warnings.warn(
-                f"num_prototypes={k} is too large for the {rows} normal patches this step holds (at most "
-                f"{rows / k:.1f} per prototype; the balanced Sinkhorn assignment needs at least "
-                f"{MIN_PATCHES_PER_PROTOTYPE} and the paper has 25): L_spm will stay near log K. Try "
+                f"num_prototypes={k} is large for the {rows} normal patches this step holds: the balanced Sinkhorn "
+                f"assignment gives each prototype 1/K of them, at most {rows / k:.1f} patches (the paper has about "
+                f"25; below {MIN_PATCHES_PER_PROTOTYPE} each prototype follows a handful of patches, and with fewer "
+                f"patches than prototypes L_spm stays above about log(K / patches)). Try "
                 f"num_prototypes={suggest_num_prototypes(max(rows, 1))} (the paper's ratio, "
                 f"torch_arcad.suggest_num_prototypes); at most {max(rows // MIN_PATCHES_PER_PROTOTYPE, 1)} keeps "
                 f"{MIN_PATCHES_PER_PROTOTYPE} patches per prototype.",

@@ -22,8 +22,10 @@ __all__ = ["MIN_PATCHES_PER_PROTOTYPE", "SinkhornPrototypes", "PrototypeOutput",
 PATCHES_PER_PROTOTYPE: int = 25
 #: The paper's K, the largest :func:`suggest_num_prototypes` proposes.
 MAX_SUGGESTED_PROTOTYPES: int = 500
-#: Below this many normal patches a step per prototype, the balanced assignment (every prototype receives 1 / K
-#: of the mass) spreads each patch over several prototypes, and L_spm stays near log K; ArcAD warns.
+#: ArcAD warns when a step holds fewer normal patches than this per prototype. The balanced assignment gives every
+#: prototype 1 / K of the step's patches, so its EMA target then averages only a handful of them; with fewer patches
+#: N than prototypes each patch must be split over about K / N prototypes and L_spm >~ log(K / N). A rule of
+#: thumb well below the paper's 25, not a measured optimum.
 MIN_PATCHES_PER_PROTOTYPE: int = 4
 
 
