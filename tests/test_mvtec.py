@@ -16,7 +16,6 @@ from torch_arcad.datasets.mvtec import (
     scan_category,
 )
 
-REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 SIZE = 12
 
 
@@ -266,10 +265,10 @@ def test_dataset_argument_errors(tmp_path):
 # ----------------------------------------------------------------------------- real data
 
 
-@pytest.mark.skipif(not REAL_DATA.is_dir(), reason="the shared real data set is not beside the repository")
-def test_real_data_layout_counts():
-    assert {"magnetic_tile", "tire"} <= set(list_categories(REAL_DATA))
-    tile = scan_category(REAL_DATA, "magnetic_tile")
+def test_real_data_layout_counts(real_data):
+    root = real_data("magnetic_tile", "tire")
+    assert {"magnetic_tile", "tire"} <= set(list_categories(root))
+    tile = scan_category(root, "magnetic_tile")
     assert (len(tile.train_good), len(tile.test_good), len(tile.test_defects)) == (762, 190, 392)
     assert {k: len(v) for k, v in tile.defects_by_kind().items()} == {
         "blowhole": 115, "break": 85, "crack": 57, "fray": 32, "uneven": 103,
@@ -278,7 +277,7 @@ def test_real_data_layout_counts():
     pillow_empty = [s.mask for s in tile.test_defects if not np.asarray(Image.open(s.mask)).any()]
     assert sorted(tile.empty_masks) == sorted(pillow_empty)
     assert pillow_empty and all(p.parent.name == "uneven" for p in pillow_empty)
-    tire = scan_category(REAL_DATA, "tire")
+    tire = scan_category(root, "tire")
     assert (len(tire.train_good), len(tire.test_good), len(tire.test_defects)) == (210, 25, 87)
     item = MVTecDataset(tile.test_defects[:1], image_size=256)[0]
     expected = np.asarray(Image.open(tile.test_defects[0].mask)) > 127

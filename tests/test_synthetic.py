@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -141,3 +142,38 @@ def test_argument_errors(tmp_path, kwargs, error, match):
         make_synthetic_dataset(tmp_path, **{**TINY, **kwargs})
     with pytest.raises(ValueError, match="defect must be None or one of"):
         render_sample("grid", 32, np.random.default_rng(0), "missing")
+
+
+def test_defect_strength_scales_the_change_inside_the_mask():
+    for category, kinds in SYNTHETIC_CATEGORIES.items():
+        for kind in kinds:
+            normal, _ = render_sample(category, 64, np.random.default_rng(5))
+            changes = []
+            for strength in (0.2, 0.6, 1.0):
+                defective, mask = render_sample(category, 64, np.random.default_rng(5), kind, strength)
+                diff = np.abs(defective.astype(np.float64) - normal.astype(np.float64)).sum(axis=2)
+                assert not (diff[~mask] > 0).any()
+                changes.append(diff[mask].mean())
+            # the blend is linear in the strength (up to the 8-bit rounding and the clip to [0, 1])
+            assert changes[0] < changes[1] < changes[2], (category, kind)
+            assert abs(changes[0] / changes[2] - 0.2) < 0.1, (category, kind)
+
+
+def test_defect_strength_is_recorded_and_part_of_the_cache_key(tmp_path):
+    weak = make_synthetic_dataset(tmp_path, categories=["grid"], defect_strength=0.3, **TINY)
+    full = make_synthetic_dataset(tmp_path, categories=["grid"], defect_strength=1.0, **TINY)
+    assert weak != full
+    assert json.loads((weak / synthetic.PARAMS_FILE).read_text())["defect_strength"] == 0.3
+    default = make_synthetic_dataset(tmp_path, categories=["grid"], **TINY)
+    params = json.loads((default / synthetic.PARAMS_FILE).read_text())
+    assert params["defect_strength"] == synthetic.DEFAULT_DEFECT_STRENGTH
+    assert params["generator_version"] == synthetic.GENERATOR_VERSION == 2
+
+
+@pytest.mark.parametrize("value, error", [(0.0, ValueError), (1.5, ValueError), (-0.2, ValueError),
+                                          ("0.5", TypeError), (True, TypeError)])
+def test_defect_strength_errors(tmp_path, value, error):
+    with pytest.raises(error, match="defect_strength"):
+        make_synthetic_dataset(tmp_path, defect_strength=value, **TINY)
+    with pytest.raises(error, match="defect_strength"):
+        render_sample("grid", 32, np.random.default_rng(0), "hole", value)

@@ -10,7 +10,7 @@ from .arcad import ArcAD, ArcADOutput, ArcADScores
 from .calibration import DefectGuidedLoss
 from .discriminator import FocalDiscriminator
 from .presets import PRESETS, ArcADPreset, get_preset
-from .prototypes import PrototypeOutput, SinkhornPrototypes
+from .prototypes import PrototypeOutput, SinkhornPrototypes, suggest_num_prototypes
 from .synthesis import HypersphereAnomalySynthesizer
 
 __version__ = "0.1.0"
@@ -21,6 +21,7 @@ __all__ = [
     "ArcADScores",
     "SinkhornPrototypes",
     "PrototypeOutput",
+    "suggest_num_prototypes",
     "HypersphereAnomalySynthesizer",
     "DefectGuidedLoss",
     "FocalDiscriminator",

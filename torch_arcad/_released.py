@@ -114,7 +114,7 @@ def discriminator_logits_by_group(
     layers = list(discriminator.net)
     if not any(_uses_batch_statistics(layer) for layer in layers):
         return discriminator(x)
-    out = x
+    out = x.to(layers[0].weight.dtype)  # the input follows the weights' dtype, as in FocalDiscriminator.forward
     for layer in layers:
         if _uses_batch_statistics(layer):
             out = grouped_batch_norm(out, layer, group, weight, num_groups)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from typing import NamedTuple
 
 import torch
@@ -11,7 +12,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from ._released import discriminator_logits_by_group, trunc_normal_init_
-from ._validation import check_dim
+from ._validation import DeferredWarnings, check_dim, check_floating, check_int, check_number
 from .calibration import DefectGuidedLoss
 from .discriminator import FocalDiscriminator
 from .distributed import all_reduce_sum, global_means
@@ -19,7 +20,7 @@ from .functional.calibration import defect_guided_loss
 from .functional.focal import binary_focal_loss_with_logits
 from .layout import features_to_patches, image_labels, masks_to_patches
 from .presets import ArcADPreset, get_preset
-from .prototypes import SinkhornPrototypes
+from .prototypes import MIN_PATCHES_PER_PROTOTYPE, SinkhornPrototypes, suggest_num_prototypes
 from .synthesis import HypersphereAnomalySynthesizer
 
 __all__ = ["ArcAD", "ArcADOutput", "ArcADScores", "noise_scale"]
@@ -45,6 +46,10 @@ def noise_scale(sigma: float, dim: int, reference_dim: int | None) -> float:
         return float(sigma)
     return float(sigma) * math.sqrt(reference_dim / dim)
 
+#: Warnings issued while checking the input point at the caller of ``arcad(...)``: the frames in between are the
+#: checking method, ``forward`` and nn.Module's two call wrappers.
+_USER_FRAME: int = 5
+
 
 class ArcADOutput(NamedTuple):
     """Result of :meth:`ArcAD.forward`.
@@ -54,9 +59,12 @@ class ArcADOutput(NamedTuple):
         spm: L_spm, eq. 4.
         dgc: L_dgc, eq. 8 (0 when the batch has no anomalous patch).
         cls: L_cls, eq. 9.
-        stats: detached diagnostics: ``num_normal`` and ``num_anomalous`` patches, ``prototype_usage`` (K,)
-            hard assignments of the normal patches, ``discriminator_accuracy`` (3,) on normal, synthetic and
-            real anomalous patches, ``initialized``. Reading them synchronises; the loss path does not.
+        stats: detached diagnostics, the same keys at every step: ``initialized``; ``num_normal`` and
+            ``num_anomalous`` patches (finite ones only); ``num_nonfinite`` patches (a NaN or inf anywhere in
+            the row), which took part in no term; ``prototype_usage`` (K,) hard assignments of the normal
+            patches (zeros before initialisation); ``discriminator_accuracy`` (3,) on normal, synthetic and
+            real anomalous patches (NaN before initialisation). Reading them synchronises; the loss path does
+            not.
     """
 
     loss: Tensor
@@ -89,9 +97,20 @@ class ArcAD(nn.Module):
     whose defect fraction exceeds ``mask_threshold``. Every term is computed over all patches with 0/1 weights
     rather than by boolean selection, so shapes are static and no step waits on the device.
 
+    Bad input does not poison training: a patch with a NaN or inf feature gets weight 0 in every term (the loss,
+    the discriminator's gradient and the prototypes stay finite) and is counted in ``stats["num_nonfinite"]``; a
+    label-0 image whose mask marks defect pixels is treated as normal (the labels decide). Both are reported by a
+    one-time warning that never waits for the device (on an accelerator it appears a step or so later). When the
+    normal patches of a step are too few for K (fewer than ``MIN_PATCHES_PER_PROTOTYPE`` per prototype), a
+    one-time warning suggests a K (:func:`~torch_arcad.prototypes.suggest_num_prototypes`).
+
+    ``arcad.half()`` and ``arcad.to(torch.bfloat16)`` convert the discriminator only: the prototypes stay float32
+    buffers and every loss is computed in float32.
+
     Args:
         dim: feature dimension D of the bottleneck output.
-        num_prototypes: K (paper 500; the released code uses 800 for MVTec AD and MANTA).
+        num_prototypes: K (paper 500 for 16 x 784 patches a step; the released code uses 800 for MVTec AD and
+            MANTA). Choose it for the normal patches a step holds: :func:`~torch_arcad.suggest_num_prototypes`.
         preset: ``"paper"`` or ``"official"`` (the released code's behaviour at each point where it departs from
             the paper; see :mod:`torch_arcad.presets`), or an :class:`~torch_arcad.presets.ArcADPreset`, e.g.
             ``get_preset("official", mask_level=0.5)`` for settings without a keyword here.
@@ -141,6 +160,11 @@ class ArcAD(nn.Module):
         seed: int = 0,
     ) -> None:
         super().__init__()
+        _check_arguments(
+            dim=dim, num_prototypes=num_prototypes, hidden_dim=hidden_dim, prefix_tokens=prefix_tokens,
+            lambda_spm=lambda_spm, lambda_dgc=lambda_dgc, lambda_cls=lambda_cls, mask_threshold=mask_threshold,
+            init_factor=init_factor,
+        )
         config = get_preset(
             preset,
             temperature=temperature,
@@ -200,6 +224,8 @@ class ArcAD(nn.Module):
         )
         if config.discriminator_init == "trunc_normal":
             trunc_normal_init_(self.discriminator)
+        self._input_warnings = DeferredWarnings((_nonfinite_message, _contradiction_message), stacklevel=_USER_FRAME)
+        self._warned_num_prototypes = False
 
     def extra_repr(self) -> str:
         return (
@@ -214,6 +240,7 @@ class ArcAD(nn.Module):
 
     def _patches(self, features: Tensor) -> tuple[Tensor, tuple[int, int]]:
         patches, grid = features_to_patches(features, self.prefix_tokens)
+        check_floating("features", patches)
         check_dim("features", patches, 2, self.dim, f"(B, N, D={self.dim}) or (B, D={self.dim}, H, W)")
         return patches, grid
 
@@ -250,19 +277,23 @@ class ArcAD(nn.Module):
         if anomalous is None:
             anomalous = torch.zeros(batch, num_patches, dtype=torch.bool, device=patches.device)
 
+        # A patch with a NaN / inf feature takes part in no term: zeroed here (a select, so no NaN reaches any
+        # gradient) and given weight 0 through `finite` below.
+        finite = rearrange(torch.isfinite(patches).all(dim=-1), "b n -> (b n)")
+        patches = torch.where(rearrange(finite, "(b n) -> b n 1", b=batch), patches, patches.new_zeros(()))
         z = rearrange(F.normalize(patches.float(), dim=-1), "b n d -> (b n) d")
-        normal = rearrange(~defective, "b -> b 1").expand(batch, num_patches).reshape(-1)
-        real = (anomalous & rearrange(defective, "b -> b 1")).reshape(-1)
+        normal = rearrange(~defective, "b -> b 1").expand(batch, num_patches).reshape(-1) & finite
+        real = (anomalous & rearrange(defective, "b -> b 1")).reshape(-1) & finite
         if self.config.cls_anomalies == "image":
-            cls_real = rearrange(defective, "b -> b 1").expand(batch, num_patches).reshape(-1)
+            cls_real = rearrange(defective, "b -> b 1").expand(batch, num_patches).reshape(-1) & finite
         else:
             cls_real = real
+        self._report_input(finite, anomalous, defective, labels is not None and masks is not None)
 
         spm = self.prototypes(z, mask=normal)
         if not self.prototypes.is_ready:
             zero = z.sum() * 0.0
-            stats = {"initialized": torch.zeros((), dtype=torch.bool, device=z.device)}
-            return ArcADOutput(zero, zero, zero, zero, stats)
+            return ArcADOutput(zero, zero, zero, zero, self._stats_before_init(normal, real, finite))
         mu = spm.prototypes
         w_normal, w_real, w_cls_real = normal.float(), real.float(), cls_real.float()
         # Eq. 5-8 see the pre-update prototypes (the E-step), or the EMA-updated ones (the released code).
@@ -332,6 +363,7 @@ class ArcAD(nn.Module):
                 "initialized": torch.ones((), dtype=torch.bool, device=z.device),
                 "num_normal": w_normal.sum(),
                 "num_anomalous": w_real.sum(),
+                "num_nonfinite": (~finite).sum().float(),
                 "prototype_usage": usage,
                 "discriminator_accuracy": accuracy,
             }
@@ -360,6 +392,46 @@ class ArcAD(nn.Module):
         weight = torch.cat([torch.where(normal, w_normal, w_cls_real), w_normal])
         return discriminator_logits_by_group(self.discriminator, x, group, weight, num_groups=3)
 
+    def _stats_before_init(self, normal: Tensor, real: Tensor, finite: Tensor) -> dict[str, Tensor]:
+        """:attr:`ArcADOutput.stats` while the prototypes are not initialised: the same keys, nothing measured."""
+        device = normal.device
+        return {
+            "initialized": torch.zeros((), dtype=torch.bool, device=device),
+            "num_normal": normal.sum().float(),
+            "num_anomalous": real.sum().float(),
+            "num_nonfinite": (~finite).sum().float(),
+            "prototype_usage": torch.zeros(self.prototypes.num_prototypes, device=device),
+            "discriminator_accuracy": torch.full((3,), float("nan"), device=device),
+        }
+
+    def _report_input(self, finite: Tensor, anomalous: Tensor, defective: Tensor, labelled_masks: bool) -> None:
+        """The one-time warnings about the input: non-finite patches, normal-labelled images with defect pixels
+        (deferred: never waits for the device), and a K too large for the step's normal patches."""
+        if torch.compiler.is_compiling():
+            return  # Python side effects would break the graph; the counts remain in `stats`
+        if not all(self._input_warnings.issued):
+            contradictions = (anomalous.any(dim=1) & ~defective).sum() if labelled_masks else finite.new_zeros(())
+            self._input_warnings.update(torch.stack([(~finite).sum(), contradictions.long()]))
+        if self._warned_num_prototypes:
+            return
+        k = self.prototypes.num_prototypes
+        rows = finite.shape[0]  # static: an upper bound of the normal patches, read without a sync
+        if self.training and not self.prototypes.is_ready:
+            # Initialisation steps only: the prototypes' buffering reads counts on the host anyway.
+            rows = int((~defective).sum()) * (rows // defective.shape[0])
+        if rows < MIN_PATCHES_PER_PROTOTYPE * k and suggest_num_prototypes(max(rows, 1)) < k:
+            self._warned_num_prototypes = True
+            warnings.warn(
+                f"num_prototypes={k} is large for the {rows} normal patches this step holds: the balanced Sinkhorn "
+                f"assignment gives each prototype 1/K of them, at most {rows / k:.1f} patches (the paper has about "
+                f"25; below {MIN_PATCHES_PER_PROTOTYPE} each prototype follows a handful of patches, and with fewer "
+                f"patches than prototypes L_spm stays above about log(K / patches)). Try "
+                f"num_prototypes={suggest_num_prototypes(max(rows, 1))} (the paper's ratio, "
+                f"torch_arcad.suggest_num_prototypes); at most {max(rows // MIN_PATCHES_PER_PROTOTYPE, 1)} keeps "
+                f"{MIN_PATCHES_PER_PROTOTYPE} patches per prototype.",
+                stacklevel=_USER_FRAME,
+            )
+
     @torch.no_grad()
     def score(self, features: Tensor) -> ArcADScores:
         """Anomaly maps from the calibrated latent space, for inference.
@@ -373,6 +445,11 @@ class ArcAD(nn.Module):
             :class:`ArcADScores` with (B, h, w) maps on the feature grid: prototype distance
             ``1 - max_k z . mu_k`` and discriminator probability.
         """
+        if not self.prototypes.is_ready:
+            raise RuntimeError(
+                "score() needs initialised prototypes: train some steps first (they initialise from the first "
+                f"{self.prototypes.init_size} normal patches) or call arcad.prototypes.init_prototypes(features)"
+            )
         patches, (h, w) = self._patches(features)
         with torch.autocast(device_type=patches.device.type, enabled=False):
             z = F.normalize(patches.float(), dim=-1)
@@ -387,3 +464,29 @@ class ArcAD(nn.Module):
             rearrange(distance, "b (h w) -> b h w", h=h, w=w),
             rearrange(probability, "(b h w) -> b h w", h=h, w=w),
         )
+
+
+def _nonfinite_message(count: int) -> str:
+    return (
+        f"ArcAD received features with NaN or inf values ({count} patches so far): those patches are left out of "
+        "every term (stats['num_nonfinite'] counts them per step); check the model producing the features"
+    )
+
+
+def _contradiction_message(count: int) -> str:
+    return (
+        f"{count} image(s) labelled normal (label 0) have defect pixels in their mask: they are treated as normal, "
+        "as the labels say; pass labels=None to derive the labels from the masks"
+    )
+
+
+def _check_arguments(**arguments: object) -> None:
+    """Types and ranges of :class:`ArcAD`'s numeric arguments (clear ``TypeError`` / ``ValueError``)."""
+    check_int("dim", arguments["dim"], 1)
+    check_int("num_prototypes", arguments["num_prototypes"], 1)
+    if arguments["hidden_dim"] is not None:
+        check_int("hidden_dim", arguments["hidden_dim"], 1)
+    check_int("prefix_tokens", arguments["prefix_tokens"], 0)
+    for name in ("lambda_spm", "lambda_dgc", "lambda_cls", "mask_threshold"):
+        check_number(name, arguments[name], 0.0)
+    check_number("init_factor", arguments["init_factor"], 1.0)

@@ -77,11 +77,12 @@ class FocalDiscriminator(nn.Module):
             x: (N, D) features.
 
         Returns:
-            (N,) logits (positive = anomalous).
+            (N,) logits (positive = anomalous), in the weights' (or the autocast) dtype.
         """
         check_rank("x", x, 2, "(N, D)")
         check_dim("x", x, 1, self.dim, "(N, D)")
-        return self.net(x).squeeze(1)
+        # The input follows the weights' dtype (e.g. after .half()); under autocast the layers cast anyway.
+        return self.net(x.to(self.net[0].weight.dtype)).squeeze(1)
 
     def loss_terms(
         self,

@@ -11,12 +11,40 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._validation import check_choice, check_dim, check_positive, check_rank
+from ._validation import check_choice, check_dim, check_int, check_positive, check_rank
 from .distributed import all_gather_rows, all_reduce_sum, broadcast_, get_rank, global_means, is_distributed
 from .functional.prototypes import ema_prototypes, spherical_kmeans, spm_loss_from_similarities
 from .functional.sinkhorn import sinkhorn_knopp
 
-__all__ = ["SinkhornPrototypes", "PrototypeOutput"]
+__all__ = ["MIN_PATCHES_PER_PROTOTYPE", "SinkhornPrototypes", "PrototypeOutput", "suggest_num_prototypes"]
+
+#: The paper's ratio of normal patches a step to prototypes: K = 500 for 16 images x 784 patches (about 25 each).
+PATCHES_PER_PROTOTYPE: int = 25
+#: The paper's K, the largest :func:`suggest_num_prototypes` proposes.
+MAX_SUGGESTED_PROTOTYPES: int = 500
+#: ArcAD warns when a step holds fewer normal patches than this per prototype. The balanced assignment gives every
+#: prototype 1 / K of the step's patches, so its EMA target then averages only a handful of them; with fewer patches
+#: N than prototypes each patch must be split over about K / N prototypes and L_spm >~ log(K / N). A rule of
+#: thumb well below the paper's 25, not a measured optimum.
+MIN_PATCHES_PER_PROTOTYPE: int = 4
+
+
+def suggest_num_prototypes(normal_patches_per_step: int) -> int:
+    """A K for the normal patches one step holds: the paper's ratio (about 25 patches per prototype), rounded to
+    a power of two, at most the paper's 500.
+
+    ``16 * 784`` (Dinomaly's batch) gives 500, ``16 * 64`` (16 images on an 8 x 8 grid) 32, ``2 * 784`` 64.
+
+    Args:
+        normal_patches_per_step: patches of normal images in one step (over all processes under DDP), >= 1.
+
+    Returns:
+        K, between 1 and 500. For ``normal_patches_per_step >= MIN_PATCHES_PER_PROTOTYPE`` it leaves at least
+        that many patches per prototype, so :class:`~torch_arcad.ArcAD` does not warn about it.
+    """
+    check_int("normal_patches_per_step", normal_patches_per_step, 1)
+    exponent = round(math.log2(max(normal_patches_per_step / PATCHES_PER_PROTOTYPE, 1.0)))
+    return int(min(MAX_SUGGESTED_PROTOTYPES, 2**exponent))
 
 #: Bound on the Sinkhorn scores: cosine similarities of unit features and unit prototypes lie in [-1, 1], which lets
 #: ``sinkhorn_knopp`` iterate in the exp domain for ``epsilon`` down to about 0.025 (below that it uses log domain).
@@ -136,6 +164,15 @@ class SinkhornPrototypes(nn.Module):
     def is_ready(self) -> bool:
         """Whether the prototypes are initialised (host-side; no device synchronisation)."""
         return self._ready
+
+    def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
+        # .half() / .to(torch.bfloat16) / .double() move the prototypes but keep them float32, as the loss path
+        # expects (the float32 values themselves, not a rounded copy).
+        prototypes = self.prototypes
+        super()._apply(fn, recurse)
+        if self.prototypes.dtype != torch.float32:
+            self.prototypes = prototypes.to(device=self.prototypes.device)
+        return self
 
     def extra_repr(self) -> str:
         return (

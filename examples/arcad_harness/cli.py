@@ -146,7 +146,7 @@ def main(argv: Sequence[str] | None = None, *, baseline: str | None = None) -> i
             run_experiment(cfg)
     except (ValueError, TypeError, OSError, ImportError) as error:
         # Bad input: a missing or malformed data root or split, a category without masks, a checkpoint that does
-        # not fit (torch_arcad.backbones.CheckpointError is a ValueError), a missing optional package.
+        # not fit (arcad_harness.backbones.CheckpointError is a ValueError), a missing optional package.
         print(f"{parser.prog}: error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
     return 0

