@@ -663,6 +663,16 @@ def run_benchmark(
                             + f" ({record['wall_time_s']:.0f} s)"
                         )
                     records.append(record)
+    # The tables hold every stored arm of these categories, baselines and seeds, also those of earlier calls with
+    # other --arms (e.g. the ablation run after the main comparison), so every arm is paired with its baseline.
+    done = {(r["category"], r["baseline"], r["arm"], int(r["seed"])) for r in records}
+    for baseline in baselines:
+        for seed in seeds:
+            for category in categories:
+                for arm in ARMS:
+                    path = run_file(output, category, baseline, arm, seed)
+                    if (category, baseline, arm, seed) not in done and path.is_file():
+                        records.append(_load_existing(path, settings))
     return write_tables(output, records, settings, command)
 
 

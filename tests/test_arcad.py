@@ -296,3 +296,53 @@ def test_bad_input():
         ArcAD(DIM, mask_threshold=1.0)
     with pytest.raises(ValueError):
         ArcAD(DIM, cls_anomalies="all")
+
+
+# ------------------------------------------------------------------------------------------ named options
+
+
+@pytest.mark.parametrize(("dim", "reference"), [(256, 768), (176, 768), (768, 768), (1024, 256)])
+def test_noise_scale_gives_the_reference_dimension_angle(dim, reference):
+    from torch_arcad import HypersphereAnomalySynthesizer
+    from torch_arcad.arcad import noise_scale
+
+    sigma = 0.015
+    assert noise_scale(sigma, dim, None) == sigma
+    scaled = noise_scale(sigma, dim, reference)
+    assert scaled == pytest.approx(sigma * (reference / dim) ** 0.5)
+
+    def mean_cosine(d: int, s: float) -> float:
+        generator = torch.Generator().manual_seed(0)
+        anchors = torch.nn.functional.normalize(torch.randn(4000, d, generator=generator), dim=1)
+        prototypes = torch.nn.functional.normalize(torch.randn(8, d, generator=generator), dim=1)
+        synthetic = HypersphereAnomalySynthesizer(s, 1)(anchors, prototypes, generator=generator)
+        return float((synthetic * anchors).sum(dim=1).mean())
+
+    # one candidate (no selection): normalize(z + n) sits at about 1 / sqrt(1 + sigma^2 D) from z
+    assert mean_cosine(dim, scaled) == pytest.approx(mean_cosine(reference, sigma), abs=2e-3)
+    assert mean_cosine(reference, sigma) == pytest.approx((1 + sigma**2 * reference) ** -0.5, abs=2e-3)
+
+
+def test_sigma_reference_dim_sets_the_synthesizer_noise_and_leaves_the_presets_alone():
+    plain = ArcAD(256, 8)
+    scaled = ArcAD(256, 8, sigma_reference_dim=768)
+    assert plain.synthesizer.sigma == pytest.approx(0.015)
+    assert scaled.synthesizer.sigma == pytest.approx(0.015 * 3**0.5)
+    assert scaled.config == plain.config  # an option of the module, not a change of the preset
+    for bad in (0, -5, 2.5, True, "768"):
+        with pytest.raises(ValueError, match="sigma_reference_dim"):
+            ArcAD(256, 8, sigma_reference_dim=bad)
+
+
+def test_class_balanced_focal_option_reaches_the_discriminator():
+    arcad = ArcAD(16, 4, alpha=0.5, cls_weighting="classes")
+    assert arcad.discriminator.weighting == "classes" and arcad.discriminator.alpha == 0.5
+    torch.manual_seed(0)
+    arcad.prototypes.init_prototypes(torch.nn.functional.normalize(torch.randn(4, 16), dim=1))
+    features = torch.randn(2, 16, 4, 4, requires_grad=True)
+    masks = torch.zeros(2, 8, 8)
+    masks[1, :4, :4] = 1
+    out = arcad(features, masks=masks, labels=torch.tensor([0, 1]))
+    assert torch.isfinite(out.loss)
+    out.loss.backward()
+    assert torch.isfinite(features.grad).all()

@@ -197,3 +197,41 @@ def test_gains_use_only_the_seeds_that_have_both_arms() -> None:
     assert recon["mean"] == pytest.approx(50.0)  # both +ArcAD seeds enter its mean ...
     assert recon["gain"] == pytest.approx(25.0)  # ... but only seed 0 has a baseline to compare with
     assert recon["gain_seeds"] == [0]
+
+
+@pytest.mark.parametrize(
+    ("arm", "lambdas", "options", "arcad"),
+    [
+        ("baseline", (0.1, 0.2, 0.3), {}, False),
+        ("arcad", (0.1, 0.2, 0.3), {}, True),
+        ("spm", (0.1, 0.0, 0.0), {}, True),
+        ("spm_dgc", (0.1, 0.2, 0.0), {}, True),
+        ("cls", (0.0, 0.0, 0.3), {}, True),
+        ("sigma_dim", (0.1, 0.2, 0.3), {"sigma_reference_dim": 768}, True),
+        ("focal_balanced", (0.1, 0.2, 0.3), {"alpha": 0.5, "cls_weighting": "classes"}, True),
+    ],
+)
+def test_each_arm_sets_its_lambdas_and_options(arm, lambdas, options, arcad, tmp_path: Path) -> None:
+    settings = {"lambdas": [0.1, 0.2, 0.3], "steps": 2}
+    cfg = cold_start.make_config(settings, baseline="rd4ad", arm=arm, category="grid", seed=0,
+                                 split_path=tmp_path / "split.json")
+    assert cfg.arcad is arcad
+    assert tuple(cfg.lambdas) == pytest.approx(lambdas)
+    assert cfg.arcad_options == options
+    with pytest.raises(ValueError, match="arm"):
+        cold_start.make_config(settings, baseline="rd4ad", arm="nope", category="grid", seed=0,
+                               split_path=tmp_path / "split.json")
+
+
+def test_ablation_arms_resume_into_the_same_folder_and_table(quick_run: Path) -> None:
+    """Further arms run later into the folder of the main ones: the stored runs are reused, the tables grow."""
+    args = ["--quick", "--output", str(quick_run), "--seeds", "0", "--baselines", "rd4ad", "--arms", "cls"]
+    assert _main(args) == 0
+    table = json.loads((quick_run / "tables" / f"{cold_start.QUICK_SYNTHETIC_CATEGORY}_rd4ad.json").read_text())
+    assert [r["arm"] for r in table["rows"]][0] == "baseline"
+    assert {r["arm"] for r in table["rows"][1:]} == {"+ArcAD", "+L_cls"}  # the stored main arm stays
+    cls_rows = [r for r in table["rows"] if r["arm"] == "+L_cls"]
+    assert all("gain" in r["metrics"]["i_auroc"] for r in cls_rows)
+    stored = json.loads((quick_run / "runs" / cold_start.QUICK_SYNTHETIC_CATEGORY / "rd4ad" / "cls" / "seed0.json")
+                        .read_text())
+    assert stored["harness_config"]["lambdas"][:2] == [0.0, 0.0]

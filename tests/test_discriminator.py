@@ -121,6 +121,43 @@ def balanced_reference(module, normal, synthetic, anomalies):
     return 0.5 * (mean_fl(normal, 0.0) + mean_fl(synthetic, 1.0)) + mean_fl(anomalies, 1.0)
 
 
+def classes_reference(module, normal, synthetic, anomalies):
+    """Class-balanced: 0.5 mean FL over the negatives + 0.5 mean FL over the positives (synthetic and real)."""
+    def mean_fl(x, label):
+        if len(x) == 0:
+            return torch.zeros((), dtype=torch.float64)
+        return focal_elements(mlp_transcription(module, x), torch.full((len(x),), label), module.alpha, module.gamma).mean()
+
+    return 0.5 * mean_fl(normal, 0.0) + 0.5 * mean_fl(torch.cat([synthetic, anomalies]), 1.0)
+
+
+REFERENCES = {"union": lambda *a: union_reference(*a), "balanced": lambda *a: balanced_reference(*a),
+              "classes": lambda *a: classes_reference(*a)}
+
+
+def test_class_balanced_loss_weights_negatives_and_positives_equally():
+    module = make(weighting="classes", alpha=0.5)
+    normal, synthetic, anomalies = groups(n=10, s=4, m=2, seed=7)
+    loss = module.loss(normal, synthetic, anomalies)
+    torch.testing.assert_close(loss.double(), classes_reference(module, normal, synthetic, anomalies), **TOLERANCE)
+    assert not torch.allclose(loss.double(), union_reference(module, normal, synthetic, anomalies), atol=1e-4)
+    # a constant predictor p: the class-balanced objective with alpha 0.5 is smallest at p = 0.5 whatever the
+    # group sizes, while the union mean with alpha 0.75 prefers calling everything anomalous
+    p = torch.linspace(0.05, 0.95, 181, dtype=torch.float64)
+    logit = torch.log(p / (1 - p))
+
+    def constant(alpha, negatives, positives):
+        neg = focal_elements(logit, torch.zeros_like(logit), alpha, 2.0)
+        pos = focal_elements(logit, torch.ones_like(logit), alpha, 2.0)
+        return neg, pos
+
+    neg, pos = constant(0.5, 1, 1)
+    assert float(p[torch.argmin(0.5 * neg + 0.5 * pos)]) == pytest.approx(0.5, abs=0.01)
+    neg, pos = constant(0.75, 1, 1)
+    union = (neg * 1 + pos * 1.1) / 2.1  # N normal, N synthetic and a few real positives
+    assert float(p[torch.argmin(union)]) > 0.55
+
+
 @pytest.mark.parametrize(("alpha", "gamma"), [(0.75, 2.0), (0.25, 1.0), (0.5, 0.0)])
 def test_union_loss_matches_eq9(alpha, gamma):
     module = make(alpha=alpha, gamma=gamma)
@@ -144,14 +181,14 @@ def test_default_weighting_is_union_with_alpha_075_gamma_2():
     assert (module.alpha, module.gamma, module.weighting) == (0.75, 2.0, "union")
 
 
-@pytest.mark.parametrize("weighting", ["union", "balanced"])
+@pytest.mark.parametrize("weighting", ["union", "balanced", "classes"])
 def test_empty_anomalies(weighting):
     module = make(weighting=weighting)
     normal, synthetic, _ = groups(seed=3)
     anomalies = torch.zeros(0, 9)
     loss = module.loss(normal, synthetic, anomalies)
     assert torch.isfinite(loss)
-    reference = union_reference if weighting == "union" else balanced_reference
+    reference = REFERENCES[weighting]
     torch.testing.assert_close(loss.double(), reference(module, normal, synthetic, anomalies), **TOLERANCE)
     loss.backward()
     assert all(torch.isfinite(p.grad).all() for p in module.parameters())
@@ -172,7 +209,7 @@ def test_group_weights_mask_rows():
 
 
 def test_loss_terms_combine_to_loss():
-    for weighting in ("union", "balanced"):
+    for weighting in ("union", "balanced", "classes"):
         module = make(weighting=weighting)
         normal, synthetic, anomalies = groups(seed=5)
         sums, counts = module.loss_terms(normal, synthetic, anomalies)
@@ -180,7 +217,7 @@ def test_loss_terms_combine_to_loss():
         term_sums, term_counts, coefficients = module.combine_groups(sums, counts)
         combined = sum(c * t / n for c, t, n in zip(coefficients, term_sums, term_counts))
         torch.testing.assert_close(combined, module.loss(normal, synthetic, anomalies))
-        reference = union_reference if weighting == "union" else balanced_reference
+        reference = REFERENCES[weighting]
         torch.testing.assert_close(combined.double(), reference(module, normal, synthetic, anomalies), **TOLERANCE)
 
 
