@@ -105,15 +105,6 @@ class Dinomaly(Detector):
             maps.append(tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], side, side))
         return maps
 
-    def frozen_encoder(self) -> nn.Module:
-        """The encoder."""
-        return self.encoder
-
-    @torch.no_grad()
-    def encode(self, images: Tensor) -> list[Tensor]:
-        """Images (B, 3, H, W) in [0, 1] -> the encoder's token layers (B, prefix + h * w, D)."""
-        return self.encoder(images)
-
     def forward(
         self, images: Tensor, *, features: list[Tensor] | None = None, decode: Tensor | None = None
     ) -> Reconstruction:

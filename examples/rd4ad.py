@@ -68,15 +68,6 @@ class RD4AD(Detector):
         """The encoder stays in eval mode."""
         return [self.encoder]
 
-    def frozen_encoder(self) -> torch.nn.Module:
-        """The encoder."""
-        return self.encoder
-
-    @torch.no_grad()
-    def encode(self, images: Tensor) -> list[Tensor]:
-        """Images (B, 3, H, W) in [0, 1] -> the three encoder maps."""
-        return self.encoder(images)
-
     def forward(
         self, images: Tensor, *, features: list[Tensor] | None = None, decode: Tensor | None = None
     ) -> Reconstruction:

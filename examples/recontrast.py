@@ -90,11 +90,6 @@ class ReContrast(Detector):
         """The frozen branch's encoder (the trainable copy runs at every step)."""
         return self.encoder_frozen
 
-    @torch.no_grad()
-    def encode(self, images: Tensor) -> list[Tensor]:
-        """Images (B, 3, H, W) -> the frozen encoder's three maps."""
-        return self.encoder_frozen(images)
-
     def forward(
         self, images: Tensor, *, features: list[Tensor] | None = None, decode: Tensor | None = None
     ) -> Reconstruction:

@@ -65,8 +65,8 @@ class Detector(nn.Module):
     """A reconstruction-based detector: frozen encoder, trainable bottleneck and decoder.
 
     Subclasses set :attr:`bottleneck_dim`, :attr:`prefix_tokens` and :attr:`branches`, keep their frozen modules in
-    :attr:`frozen` (eval mode whatever ``train()`` says) and implement :meth:`frozen_encoder`, :meth:`encode`,
-    :meth:`forward`,
+    :attr:`frozen` (eval mode whatever ``train()`` says), override :meth:`frozen_encoder` when the frozen encoder is
+    not their ``encoder`` attribute, and implement :meth:`forward`,
     :meth:`reconstruction_loss`, :meth:`anomaly_map` and :meth:`image_score`.
     """
 
@@ -88,13 +88,14 @@ class Detector(nn.Module):
             module.eval()
         return self
 
+    @torch.no_grad()
     def encode(self, images: Tensor) -> list[Tensor]:
         """The frozen encoder's output for images float (B, 3, H, W) in [0, 1]: one (B, ...) tensor per layer.
 
         Each image is encoded independently (eval mode, no gradient), so the output can be computed once per image
         and reused (:mod:`arcad_harness.cache`).
         """
-        raise NotImplementedError
+        return self.frozen_encoder()(images)
 
     def forward(
         self, images: Tensor, *, features: list[Tensor] | None = None, decode: Tensor | None = None
@@ -121,8 +122,8 @@ class Detector(nn.Module):
         return digest
 
     def frozen_encoder(self) -> nn.Module:
-        """The module whose output :meth:`encode` returns."""
-        raise NotImplementedError
+        """The module whose output :meth:`encode` returns (default: the ``encoder`` attribute)."""
+        return self.encoder
 
     def reconstruction_loss(self, rec: Reconstruction, progress: float) -> Tensor:
         """The baseline's loss on the images the decoder saw (``forward``'s ``decode``); ``progress`` in [0, 1]
