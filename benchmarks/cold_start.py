@@ -70,6 +70,7 @@ __all__ = [
     "SCORE_KINDS",
     "aggregate",
     "diagnostics_summary",
+    "fusion_summary",
     "machine_description",
     "main",
     "make_config",
@@ -535,6 +536,55 @@ def markdown_table(table: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+#: The maps the fused score weighs, in the order of its weights.
+FUSED_KINDS: tuple[str, ...] = ("recon", "prototype", "discriminator")
+
+
+def fusion_summary(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Per +ArcAD-type run: the fused score's weights, each map's pixel AUROC on the training defects the weights
+    were fitted on (in-sample: the model trained on them) and on the test split.
+
+    Returns:
+        ``[{"category", "baseline", "arm", "seed", "weights": {kind: w}, "train_p_auroc": {kind: x},
+        "test_p_auroc": {kind: x}}]`` (percent; ``nan`` where a run did not record it).
+    """
+    rows = []
+    for r in records:
+        fusion = (r.get("fusion") or {}).get(r["category"])
+        if r["arm"] == "baseline" or not isinstance(fusion, Mapping):
+            continue
+        by_kind = fusion.get("train_p_auroc_by_kind") or {}
+        rows.append(
+            {
+                "category": r["category"],
+                "baseline": r["baseline"],
+                "arm": r["arm"],
+                "seed": r["seed"],
+                "weights": {k: float(fusion["weights"].get(k, math.nan)) for k in FUSED_KINDS},
+                "train_p_auroc": {k: PERCENT * float(by_kind.get(k, math.nan)) for k in FUSED_KINDS},
+                "test_p_auroc": {k: _percent(r, k, "p_auroc") for k in FUSED_KINDS},
+            }
+        )
+    return rows
+
+
+def _fusion_lines(rows: Sequence[Mapping[str, Any]]) -> str:
+    lines = [
+        "Fused-score weights (recon / prototype / discriminator), fitted on the training defects, and each map's "
+        "pixel AUROC there (in-sample: the model was trained on those defects) and on the test split (percent).",
+        "",
+        "| category | baseline | arm | seed | weights | train P-AUROC r / p / d | test P-AUROC r / p / d |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        weights = " / ".join(f"{row['weights'][k]:.1f}" for k in FUSED_KINDS)
+        train = " / ".join(f"{row['train_p_auroc'][k]:.1f}" for k in FUSED_KINDS)
+        test = " / ".join(f"{row['test_p_auroc'][k]:.1f}" for k in FUSED_KINDS)
+        lines.append(f"| {row['category']} | {row['baseline']} | {row['arm']} | {row['seed']} | {weights} | {train} "
+                     f"| {test} |")
+    return "\n".join(lines) + "\n"
+
+
 def _diagnostics_lines(entries: Sequence[Mapping[str, Any]]) -> str:
     lines = [
         f"Terms and accuracies: mean over the first {FIRST_WINDOW:.0%} of steps → mean over the last "
@@ -702,6 +752,9 @@ def write_tables(
     ]
     _write_json(output / "diagnostics.json", diagnostics)
     _write_text(output / "diagnostics.md", "# +ArcAD diagnostics\n\n" + _diagnostics_lines(diagnostics))
+    fusion = fusion_summary(records)
+    _write_json(output / "fusion.json", fusion)
+    _write_text(output / "fusion.md", "# Fused score: weights and in-sample bias\n\n" + _fusion_lines(fusion))
     resolved = resolved_settings(records)
     summary = {
         "config": dict(settings),
@@ -722,6 +775,7 @@ def write_tables(
     text += [markdown_table(t) for t in tables.values()]
     text += [f"Total wall time of the runs: {summary['total_wall_time_s'] / 60:.1f} min.", ""]
     text += ["## +ArcAD diagnostics", "", _diagnostics_lines(diagnostics)]
+    text += ["## Fused score", "", _fusion_lines(fusion)]
     _write_text(output / "summary.md", "\n".join(text))
     return summary
 

@@ -235,3 +235,18 @@ def test_ablation_arms_resume_into_the_same_folder_and_table(quick_run: Path) ->
     stored = json.loads((quick_run / "runs" / cold_start.QUICK_SYNTHETIC_CATEGORY / "rd4ad" / "cls" / "seed0.json")
                         .read_text())
     assert stored["harness_config"]["lambdas"][:2] == [0.0, 0.0]
+
+
+def test_fusion_summary_states_weights_and_in_sample_and_test_auroc(quick_run: Path) -> None:
+    rows = json.loads((quick_run / "fusion.json").read_text())
+    arcad_runs = list((quick_run / "runs").rglob("arcad/seed*.json"))
+    assert len([r for r in rows if r["arm"] == "arcad"]) == len(arcad_runs) > 0
+    for row in rows:
+        assert sum(row["weights"].values()) == pytest.approx(1.0)
+        assert set(row["train_p_auroc"]) == set(row["test_p_auroc"]) == set(cold_start.FUSED_KINDS)
+        record = json.loads(
+            (quick_run / "runs" / row["category"] / row["baseline"] / row["arm"] / f"seed{row['seed']}.json").read_text()
+        )
+        for kind in cold_start.FUSED_KINDS:
+            assert row["test_p_auroc"][kind] == pytest.approx(100 * record["scores"][kind]["p_auroc"])
+    assert "in-sample" in (quick_run / "fusion.md").read_text()
