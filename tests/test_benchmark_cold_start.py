@@ -238,6 +238,8 @@ def test_ablation_arms_resume_into_the_same_folder_and_table(quick_run: Path) ->
 
 
 def test_fusion_summary_states_weights_and_in_sample_and_test_auroc(quick_run: Path) -> None:
+    args = ["--quick", "--output", str(quick_run), "--seeds", "0", "1", "--baselines", *QUICK_BASELINES]
+    assert _main([*args, "--tables-only"]) == 0
     rows = json.loads((quick_run / "fusion.json").read_text())
     arcad_runs = list((quick_run / "runs").rglob("arcad/seed*.json"))
     assert len([r for r in rows if r["arm"] == "arcad"]) == len(arcad_runs) > 0
