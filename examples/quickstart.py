@@ -131,7 +131,7 @@ def reading(combined: Mapping[str, Any]) -> str:
         best.append(f"{label} {kind} ({_points(arcad[kind][m]):.1f})")
     parts.append("Best +ArcAD score kind per metric: " + ", ".join(best) + ".")
     parts.append(
-        "This is one seed and one split of a small generated data set; docs/results.md has two seeds on real "
+        "This is one seed and one split of a small generated data set; docs/results.md has several seeds on real "
         "defects."
     )
     return " ".join(parts)
