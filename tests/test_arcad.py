@@ -346,3 +346,27 @@ def test_class_balanced_focal_option_reaches_the_discriminator():
     assert torch.isfinite(out.loss)
     out.loss.backward()
     assert torch.isfinite(features.grad).all()
+
+
+def test_detach_cls_keeps_the_loss_and_the_discriminator_gradient_and_cuts_the_bottleneck_one():
+    torch.manual_seed(0)
+    features = torch.randn(2, 16, 4, 4)
+    masks = torch.zeros(2, 8, 8)
+    masks[1, :4, :4] = 1
+    labels = torch.tensor([0, 1])
+    results = {}
+    for detach in (False, True):
+        torch.manual_seed(1)
+        arcad = ArcAD(16, 4, lambda_spm=0.0, lambda_dgc=0.0, lambda_cls=1.0, detach_cls=detach)
+        arcad.prototypes.init_prototypes(F.normalize(torch.randn(4, 16, generator=torch.Generator().manual_seed(2))))
+        x = features.clone().requires_grad_(True)
+        out = arcad(x, masks=masks, labels=labels, generator=torch.Generator().manual_seed(3))
+        out.loss.backward()
+        results[detach] = (out.cls.detach(), x.grad, [p.grad.clone() for p in arcad.discriminator.parameters()])
+    torch.testing.assert_close(results[True][0], results[False][0])  # the same L_cls
+    for detached, attached in zip(results[True][2], results[False][2]):
+        torch.testing.assert_close(detached, attached)  # the same discriminator update
+    assert results[False][1] is not None and torch.count_nonzero(results[False][1]) > 0
+    assert results[True][1] is None or torch.count_nonzero(results[True][1]) == 0  # nothing reaches the features
+    with pytest.raises(TypeError, match="detach_cls"):
+        ArcAD(16, 4, detach_cls="yes")

@@ -122,6 +122,9 @@ class ArcAD(nn.Module):
         cls_weighting, discriminator_norm, alpha, gamma: override single preset settings (``None`` keeps the
             preset's value); see :class:`~torch_arcad.presets.ArcADPreset`.
         detach_synthetic: pseudo-anomalies without gradient to the bottleneck (default False, as released).
+        detach_cls: L_cls (eq. 9) trains the discriminator only: the patches and the pseudo-anomalies enter it
+            detached, so no gradient of L_cls reaches the bottleneck (default False: as in the paper and the
+            released code, L_cls also shapes the bottleneck). An option of this library, not of the paper.
         sigma_reference_dim: ``None`` (default, the paper and the released code): eq. 5's noise has standard
             deviation ``sigma`` whatever D. An int ``D_ref``: ``sigma * sqrt(D_ref / D)``, which keeps the
             pseudo-anomalies at the angle from their anchors they have at ``D_ref`` (see :func:`noise_scale`; 768
@@ -155,6 +158,7 @@ class ArcAD(nn.Module):
         alpha: float | None = None,
         gamma: float | None = None,
         detach_synthetic: bool = False,
+        detach_cls: bool = False,
         sigma_reference_dim: int | None = None,
         init_factor: float = 4.0,
         seed: int = 0,
@@ -210,6 +214,9 @@ class ArcAD(nn.Module):
         ):
             raise ValueError(f"sigma_reference_dim must be None or an int >= 1, got {sigma_reference_dim!r}")
         self.sigma_reference_dim = sigma_reference_dim
+        if not isinstance(detach_cls, bool):
+            raise TypeError(f"detach_cls must be a bool, got {detach_cls!r}")
+        self.detach_cls = detach_cls
         self.synthesizer = HypersphereAnomalySynthesizer(
             noise_scale(config.sigma, dim, sigma_reference_dim), config.num_candidates, detach=detach_synthetic
         )
@@ -326,7 +333,10 @@ class ArcAD(nn.Module):
         )
 
         # Eq. 9: the patches pass once (target 1 where anomalous), the pseudo-anomalies once (target 1).
-        logits = self._discriminator_logits(torch.cat([z, synthetic]), normal, w_normal, w_cls_real)
+        cls_input = torch.cat([z, synthetic])
+        if self.detach_cls:  # the discriminator learns; the bottleneck gets no gradient from L_cls
+            cls_input = cls_input.detach()
+        logits = self._discriminator_logits(cls_input, normal, w_normal, w_cls_real)
         logits_z, logits_syn = logits.split(z.shape[0])
         focal = binary_focal_loss_with_logits(
             logits, torch.cat([w_cls_real, torch.ones_like(w_normal)]), self.config.alpha, self.config.gamma,
