@@ -88,9 +88,9 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 #: and sets the others to 0: ``spm`` (+L_spm), ``spm_dgc`` (+L_spm +L_dgc), ``cls`` (+L_cls alone); and ArcAD with
 #: one named option: ``sigma_dim`` (the synthesis noise scaled to the paper's 768-dim bottleneck,
 #: ``sigma_reference_dim=768``), ``focal_balanced`` (class-balanced focal loss: ``alpha=0.5``,
-#: ``cls_weighting="classes"``), ``cls_detached`` (L_cls trains the discriminator only, ``detach_cls=True``).
+#: ``cls_weighting="classes"``), ``sigma_dim_balanced`` (both), ``cls_detached`` (L_cls trains the discriminator only, ``detach_cls=True``).
 ARMS: tuple[str, ...] = (
-    "baseline", "arcad", "spm", "spm_dgc", "cls", "sigma_dim", "focal_balanced", "cls_detached",
+    "baseline", "arcad", "spm", "spm_dgc", "cls", "sigma_dim", "focal_balanced", "sigma_dim_balanced", "cls_detached",
 )
 #: Which of the lambdas (SPM, DGC, CLS) an arm keeps; ``None``: all of them.
 ARM_TERMS: dict[str, tuple[bool, bool, bool] | None] = {
@@ -100,12 +100,14 @@ ARM_TERMS: dict[str, tuple[bool, bool, bool] | None] = {
     "cls": (False, False, True),
     "sigma_dim": None,
     "focal_balanced": None,
+    "sigma_dim_balanced": None,
     "cls_detached": None,
 }
 #: ArcAD keyword options of an arm (passed through the harness's ``arcad_options``).
 ARM_OPTIONS: dict[str, dict[str, Any]] = {
     "sigma_dim": {"sigma_reference_dim": 768},
     "focal_balanced": {"alpha": 0.5, "cls_weighting": "classes"},
+    "sigma_dim_balanced": {"sigma_reference_dim": 768, "alpha": 0.5, "cls_weighting": "classes"},
     "cls_detached": {"detach_cls": True},
 }
 #: The arms run by default: the plain detector and the detector with ArcAD.
@@ -119,6 +121,7 @@ ARM_LABELS: dict[str, str] = {
     "cls": "+L_cls",
     "sigma_dim": "+ArcAD, sigma for D=768",
     "focal_balanced": "+ArcAD, balanced focal",
+    "sigma_dim_balanced": "+ArcAD, sigma for D=768 + balanced focal",
     "cls_detached": "+ArcAD, L_cls detached",
 }
 #: Baselines of the examples harness.

@@ -209,6 +209,7 @@ def test_gains_use_only_the_seeds_that_have_both_arms() -> None:
         ("cls", (0.0, 0.0, 0.3), {}, True),
         ("sigma_dim", (0.1, 0.2, 0.3), {"sigma_reference_dim": 768}, True),
         ("focal_balanced", (0.1, 0.2, 0.3), {"alpha": 0.5, "cls_weighting": "classes"}, True),
+        ("cls_detached", (0.1, 0.2, 0.3), {"detach_cls": True}, True),
     ],
 )
 def test_each_arm_sets_its_lambdas_and_options(arm, lambdas, options, arcad, tmp_path: Path) -> None:
