@@ -88,9 +88,12 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 #: and sets the others to 0: ``spm`` (+L_spm), ``spm_dgc`` (+L_spm +L_dgc), ``cls`` (+L_cls alone); and ArcAD with
 #: one named option: ``sigma_dim`` (the synthesis noise scaled to the paper's 768-dim bottleneck,
 #: ``sigma_reference_dim=768``), ``focal_balanced`` (class-balanced focal loss: ``alpha=0.5``,
-#: ``cls_weighting="classes"``), ``sigma_dim_balanced`` (both), ``cls_detached`` (L_cls trains the discriminator only, ``detach_cls=True``).
+#: ``cls_weighting="classes"``), ``sigma_dim_balanced`` (both), ``cls_detached`` (L_cls trains the discriminator
+#: only, ``detach_cls=True``), ``mask_quarter`` (a patch is a real anomaly when at least a quarter of its pixels
+#: are defect pixels, ``mask_threshold=0.25``).
 ARMS: tuple[str, ...] = (
     "baseline", "arcad", "spm", "spm_dgc", "cls", "sigma_dim", "focal_balanced", "sigma_dim_balanced", "cls_detached",
+    "mask_quarter",
 )
 #: Which of the lambdas (SPM, DGC, CLS) an arm keeps; ``None``: all of them.
 ARM_TERMS: dict[str, tuple[bool, bool, bool] | None] = {
@@ -102,6 +105,7 @@ ARM_TERMS: dict[str, tuple[bool, bool, bool] | None] = {
     "focal_balanced": None,
     "sigma_dim_balanced": None,
     "cls_detached": None,
+    "mask_quarter": None,
 }
 #: ArcAD keyword options of an arm (passed through the harness's ``arcad_options``).
 ARM_OPTIONS: dict[str, dict[str, Any]] = {
@@ -109,6 +113,7 @@ ARM_OPTIONS: dict[str, dict[str, Any]] = {
     "focal_balanced": {"alpha": 0.5, "cls_weighting": "classes"},
     "sigma_dim_balanced": {"sigma_reference_dim": 768, "alpha": 0.5, "cls_weighting": "classes"},
     "cls_detached": {"detach_cls": True},
+    "mask_quarter": {"mask_threshold": 0.25},
 }
 #: The arms run by default: the plain detector and the detector with ArcAD.
 DEFAULT_ARMS: tuple[str, ...] = ("baseline", "arcad")
@@ -123,6 +128,7 @@ ARM_LABELS: dict[str, str] = {
     "focal_balanced": "+ArcAD, balanced focal",
     "sigma_dim_balanced": "+ArcAD, sigma for D=768 + balanced focal",
     "cls_detached": "+ArcAD, L_cls detached",
+    "mask_quarter": "+ArcAD, anomalous patch >= 25% defect",
 }
 #: Baselines of the examples harness.
 BASELINES: tuple[str, ...] = ("dinomaly", "rd4ad", "recontrast")

@@ -210,6 +210,7 @@ def test_gains_use_only_the_seeds_that_have_both_arms() -> None:
         ("sigma_dim", (0.1, 0.2, 0.3), {"sigma_reference_dim": 768}, True),
         ("focal_balanced", (0.1, 0.2, 0.3), {"alpha": 0.5, "cls_weighting": "classes"}, True),
         ("cls_detached", (0.1, 0.2, 0.3), {"detach_cls": True}, True),
+        ("mask_quarter", (0.1, 0.2, 0.3), {"mask_threshold": 0.25}, True),
     ],
 )
 def test_each_arm_sets_its_lambdas_and_options(arm, lambdas, options, arcad, tmp_path: Path) -> None:
