@@ -146,14 +146,15 @@ def test_class_balanced_loss_weights_negatives_and_positives_equally():
     p = torch.linspace(0.05, 0.95, 181, dtype=torch.float64)
     logit = torch.log(p / (1 - p))
 
-    def constant(alpha, negatives, positives):
+    def constant(alpha):
+        """Per-row focal loss of the constant predictor p on a negative and on a positive row."""
         neg = focal_elements(logit, torch.zeros_like(logit), alpha, 2.0)
         pos = focal_elements(logit, torch.ones_like(logit), alpha, 2.0)
         return neg, pos
 
-    neg, pos = constant(0.5, 1, 1)
+    neg, pos = constant(0.5)
     assert float(p[torch.argmin(0.5 * neg + 0.5 * pos)]) == pytest.approx(0.5, abs=0.01)
-    neg, pos = constant(0.75, 1, 1)
+    neg, pos = constant(0.75)
     union = (neg * 1 + pos * 1.1) / 2.1  # N normal, N synthetic and a few real positives
     assert float(p[torch.argmin(union)]) > 0.55
 

@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-__all__ = ["CACHE_MODES", "FeatureStore", "encoder_digest", "get_store"]
+__all__ = ["CACHE_MODES", "FeatureStore", "encoder_digest", "get_store", "parse_cache_mode"]
 
 #: ``memory``: features in RAM; ``disk:<folder>`` or ``disk`` with a folder: one file per image; ``off``: no cache.
 CACHE_MODES: tuple[str, ...] = ("memory", "disk", "off")
@@ -157,11 +157,17 @@ class FeatureStore:
 _STORES: dict[str, FeatureStore] = {}
 
 
-def get_store(mode: str) -> FeatureStore | None:
-    """The process-wide store of a cache mode: ``"memory"``, ``"disk:<folder>"`` or ``"off"`` (``None``)."""
-    kind, _, folder = mode.partition(":")
+def parse_cache_mode(mode: object) -> tuple[str, str]:
+    """``(kind, folder)`` of a cache mode ``"memory"``, ``"off"`` or ``"disk:<folder>"``; ``ValueError`` otherwise."""
+    kind, _, folder = str(mode).partition(":")
     if kind not in CACHE_MODES or (kind == "disk") != bool(folder):
         raise ValueError(f"feature_cache must be 'memory', 'off' or 'disk:<folder>', got {mode!r}")
+    return kind, folder
+
+
+def get_store(mode: str) -> FeatureStore | None:
+    """The process-wide store of a cache mode: ``"memory"``, ``"disk:<folder>"`` or ``"off"`` (``None``)."""
+    kind, folder = parse_cache_mode(mode)
     if kind == "off":
         return None
     if mode not in _STORES:

@@ -7,6 +7,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from .cache import parse_cache_mode
+
 __all__ = [
     "BASELINES",
     "BETAS",
@@ -185,9 +187,7 @@ class ExperimentConfig:
                     f"image_size must be a multiple of {multiple} for {self.baseline} with {self.encoder} "
                     f"(the feature grids must halve evenly), got {self.image_size}"
                 )
-        kind, _, folder = str(self.feature_cache).partition(":")
-        if kind not in ("memory", "disk", "off") or (kind == "disk") != bool(folder):
-            raise ValueError(f"feature_cache must be 'memory', 'off' or 'disk:<folder>', got {self.feature_cache!r}")
+        parse_cache_mode(self.feature_cache)
         if not isinstance(self.arcad_options, dict):
             raise TypeError(f"arcad_options must be a dict of torch_arcad.ArcAD keywords, got {self.arcad_options!r}")
         if not isinstance(self.synthetic, dict):
