@@ -8,7 +8,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from torch_arcad import ArcAD
-from torch_arcad.distributed import get_world_size, global_means
+from torch_arcad.distributed import differentiable_all_reduce_sum, get_world_size, global_means
 
 DIM, K, GRID, BATCH, STEPS = 12, 8, 4, 6, 3
 WORLD = 2
@@ -67,7 +67,13 @@ def worker(rank, init_file, out_dir, preset="paper"):
     # assignments of this rank's rows under the final prototypes, in eval mode
     z = torch.nn.functional.normalize(features[0][rows].flatten(2).transpose(1, 2).reshape(-1, DIM), dim=1)
     q = model.prototypes.eval()(z).assignments
-    torch.save({"records": records, "assignments": q}, os.path.join(out_dir, f"rank{rank}.pt"))
+    # the differentiable sum: value the global sum, gradient the sum of every process's output gradient
+    x = torch.full((3,), float(rank + 1), requires_grad=True)
+    total = differentiable_all_reduce_sum(x * x)
+    (total * (rank + 1)).sum().backward()
+    summed = {"value": total.detach(), "grad": x.grad.clone()}
+    torch.save({"records": records, "assignments": q, "summed": summed}, os.path.join(out_dir, f"rank{rank}.pt"))
+    dist.barrier()  # no process tears the group down while another still uses it
     dist.destroy_process_group()
 
 
@@ -102,10 +108,15 @@ def test_two_ranks_match_one_process(tmp_path, preset):
         assert torch.equal(ranks[0]["records"][step]["prototypes"], ranks[1]["records"][step]["prototypes"])
     for r, result in enumerate(ranks):
         assert torch.allclose(result["assignments"], reference_q[r * patches : (r + 1) * patches], atol=1e-5)
+        # sum over ranks of (r + 1)^2 = 1 + 4; d/dx of sum_r' (r' + 1) * total = (1 + 2) * 2x, x = r + 1
+        assert torch.equal(result["summed"]["value"], torch.full((3,), 5.0))
+        assert torch.equal(result["summed"]["grad"], torch.full((3,), 3.0 * 2 * (r + 1)))
 
 
 def test_single_process_needs_no_process_group():
     assert get_world_size() == 1
+    x = torch.ones(2, requires_grad=True)
+    assert differentiable_all_reduce_sum(x) is x
     sums = torch.tensor([3.0, 0.0], requires_grad=True)
     means = global_means(sums, torch.tensor([2.0, 0.0]))
     assert means.tolist() == [1.5, 0.0]

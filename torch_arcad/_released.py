@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from .distributed import is_distributed
+from .distributed import differentiable_all_reduce_sum, is_distributed
 
 __all__ = ["grouped_batch_norm", "discriminator_logits_by_group", "trunc_normal_init_"]
 
@@ -29,9 +29,7 @@ def _global_sum(x: Tensor, norm: _BatchNorm) -> Tensor:
     if isinstance(norm, nn.SyncBatchNorm):
         group = norm.process_group if norm.process_group is not None else dist.group.WORLD
         if is_distributed(group):
-            import torch.distributed.nn.functional as dist_fn
-
-            return dist_fn.all_reduce(x, op=dist.ReduceOp.SUM, group=group)
+            return differentiable_all_reduce_sum(x, group)
     return x
 
 

@@ -16,6 +16,7 @@ __all__ = [
     "get_rank",
     "is_distributed",
     "all_reduce_sum",
+    "differentiable_all_reduce_sum",
     "global_logsumexp",
     "global_means",
     "all_gather_rows",
@@ -47,6 +48,40 @@ def all_reduce_sum(x: Tensor, group: dist.ProcessGroup | None = None) -> Tensor:
     if is_distributed(group):
         dist.all_reduce(x, op=dist.ReduceOp.SUM, group=group)
     return x
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over the processes in the forward pass; the gradient is the sum of every process's gradient."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, group: dist.ProcessGroup | None) -> Tensor:  # type: ignore[override]
+        ctx.group = group
+        out = x.clone()
+        dist.all_reduce(out, op=dist.ReduceOp.SUM, group=group)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM, group=ctx.group)
+        return grad, None
+
+
+def differentiable_all_reduce_sum(x: Tensor, group: dist.ProcessGroup | None = None) -> Tensor:
+    """Sum ``x`` over all processes, differentiably; returns a new tensor (``x`` itself when not distributed).
+
+    Every process's output is the same global sum, and so every process's loss depends on every ``x``: the
+    gradient reaching ``x`` is the sum over the processes of the gradients of their outputs (one ``all_reduce`` in
+    the backward pass as well). This is the rule of SyncBatchNorm's statistics. It uses the blocking
+    ``dist.all_reduce`` on both passes, so no asynchronous work outlives the call.
+
+    Args:
+        x: any shape, the same on every process.
+        group: the process group (default: the world).
+    """
+    if not is_distributed(group):
+        return x
+    return _AllReduceSum.apply(x, group)
 
 
 def global_logsumexp(x: Tensor, dim: int = 0, group: dist.ProcessGroup | None = None) -> Tensor:
