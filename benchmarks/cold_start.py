@@ -7,6 +7,7 @@ Usage::
         [--num-prototypes K] [--lambdas SPM DGC CLS] [--preset paper|official] [--threads T]
     python benchmarks/cold_start.py --quick --output OUT          # seconds, synthetic data
     python benchmarks/cold_start.py ... --tables-only             # rewrite the tables from the stored runs
+    python benchmarks/cold_start.py ... --stored benchmarks/results/bench256 --tables-only   # the published tables
 
 For every category, baseline and seed ``s`` (split seed and training seed together), the cold-start split of
 section 4.1 is made once with :func:`torch_arcad.coldstart.make_split` (``OUT/splits/seed<s>.json``) and two
@@ -21,6 +22,11 @@ complete pairs for the first baselines. Each run is stored as ``OUT/runs/<catego
 (metrics, wall times, the harness's resolved configuration and diagnostics). A run whose file exists is skipped,
 so an interrupted benchmark continues where it stopped when started again; a file written with different settings
 is an error, not reused.
+
+``--stored DIR`` adds read-only folders of runs in the same layout: a run found there is not run again and enters
+the tables. ``--export DIR`` writes every run of the tables there in compact form (the per-step history replaced
+by its summary, no local paths): metrics and settings only, small enough to keep in version control, so that runs
+made on several machines add up to one table. ``benchmarks/results/`` holds the runs behind docs/results.md.
 
 After the runs, the tables are written:
 
@@ -69,6 +75,7 @@ __all__ = [
     "METRICS",
     "SCORE_KINDS",
     "aggregate",
+    "compact_record",
     "diagnostics_summary",
     "fusion_summary",
     "machine_description",
@@ -155,6 +162,8 @@ FIRST_WINDOW: float = 0.05
 LAST_WINDOW: float = 0.1
 #: Settings that may differ between a stored run and a resumed benchmark: they do not change a run's result.
 RESUME_IGNORED: tuple[str, ...] = ("seeds", "log_every", "arms", "feature_cache")
+#: Settings that may also differ between a run of a ``--stored`` folder and this benchmark: where the data set lies.
+STORED_IGNORED: tuple[str, ...] = (*RESUME_IGNORED, "data_root")
 #: A prototype is "in use" when it receives a positive share of the hard assignments.
 USAGE_EPS: float = 0.0
 
@@ -341,19 +350,41 @@ def _run_one(
     }
 
 
-def _settings_key(settings: Mapping[str, Any]) -> str:
-    """The settings a stored run must share with the current ones to be reused (printing and the seed list aside)."""
-    kept = {k: v for k, v in settings.items() if k not in RESUME_IGNORED}
-    return json.dumps(kept, sort_keys=True, default=_json_default)
+def compact_record(record: Mapping[str, Any]) -> dict[str, Any]:
+    """A run's record without its per-step history and local paths, for ``--export``.
+
+    The history (one entry per training step) is replaced by :func:`diagnostics_summary` of it, which is all the
+    tables use; the split is named by its file name (``make_split`` with the seed makes it again). Everything the
+    tables read is kept, so tables written from compact records equal those written from the full ones.
+
+    Args:
+        record: a run as stored in ``OUT/runs`` (full or already compact).
+
+    Returns:
+        A new dict: the record with ``"diagnostics": None`` and ``"diagnostics_summary"`` set.
+    """
+    out = dict(record)
+    if "diagnostics_summary" not in out:
+        out["diagnostics_summary"] = diagnostics_summary(record.get("diagnostics"), record["category"])
+    out["diagnostics"] = None
+    out["split"] = Path(str(record.get("split", ""))).name
+    return out
 
 
-def _load_existing(path: Path, settings: Mapping[str, Any]) -> dict[str, Any]:
+def _run_summary(record: Mapping[str, Any]) -> dict[str, Any]:
+    """The diagnostics summary of a run, full or compact."""
+    if isinstance(record.get("diagnostics_summary"), Mapping):
+        return dict(record["diagnostics_summary"])
+    return diagnostics_summary(record.get("diagnostics"), record["category"])
+
+
+def _load_existing(
+    path: Path, settings: Mapping[str, Any], ignored: Sequence[str] = RESUME_IGNORED
+) -> dict[str, Any]:
     record = json.loads(path.read_text(encoding="utf-8"))
     stored = record.get("settings", {})
-    if _settings_key(stored) != _settings_key(settings):
-        keys = sorted(
-            k for k in set(stored) | set(settings) if k not in RESUME_IGNORED and stored.get(k) != settings.get(k)
-        )
+    keys = sorted(k for k in set(stored) | set(settings) if k not in ignored and stored.get(k) != settings.get(k))
+    if keys:
         differences = ", ".join(f"{k}: stored {stored.get(k)!r}, now {settings.get(k)!r}" for k in keys)
         raise ValueError(
             f"{path} was written with other settings ({differences}). Use another --output folder or remove the file."
@@ -677,6 +708,8 @@ def run_benchmark(
     log: Any = print,
     tables_only: bool = False,
     arms: Sequence[str] = DEFAULT_ARMS,
+    stored: Sequence[Path] = (),
+    export: Path | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) every category x baseline x arm x seed and write the tables.
 
@@ -689,6 +722,9 @@ def run_benchmark(
         log: progress printer.
         tables_only: run nothing; write the tables of the runs already stored.
         arms: which of :data:`ARMS` to run, in this order for each category and seed.
+        stored: read-only folders of runs (``DIR/runs/...``, full or compact); a run found there is not run again.
+            Their settings must equal these, except :data:`STORED_IGNORED`.
+        export: when given, every run of the tables is written there in compact form (:func:`compact_record`).
 
     Returns:
         The summary (also written to ``output/summary.json``): ``config``, ``machine``, ``tables``,
@@ -708,9 +744,13 @@ def run_benchmark(
             for category in categories:
                 for arm in arms:
                     path = run_file(output, category, baseline, arm, seed)
+                    found = _find_stored(stored, category, baseline, arm, seed)
                     if path.is_file():
                         record = _load_existing(path, settings)
                         log(f"[skip] {category} {baseline} {arm} seed {seed}: {path} exists")
+                    elif found is not None:
+                        record = _load_existing(found, settings, STORED_IGNORED)
+                        log(f"[skip] {category} {baseline} {arm} seed {seed}: stored in {found}")
                     elif tables_only:
                         continue
                     else:
@@ -734,10 +774,31 @@ def run_benchmark(
         for seed in seeds:
             for category in categories:
                 for arm in ARMS:
+                    if (category, baseline, arm, seed) in done:
+                        continue
                     path = run_file(output, category, baseline, arm, seed)
-                    if (category, baseline, arm, seed) not in done and path.is_file():
+                    found = _find_stored(stored, category, baseline, arm, seed)
+                    if path.is_file():
                         records.append(_load_existing(path, settings))
+                    elif found is not None:
+                        records.append(_load_existing(found, settings, STORED_IGNORED))
+    if export is not None:
+        for record in records:
+            _write_json(
+                run_file(export, record["category"], record["baseline"], record["arm"], int(record["seed"])),
+                compact_record(record),
+            )
+        log(f"exported {len(records)} runs to {export / 'runs'}")
     return write_tables(output, records, settings, command)
+
+
+def _find_stored(stored: Sequence[Path], category: str, baseline: str, arm: str, seed: int) -> Path | None:
+    """The first ``--stored`` folder's file of this run, if any."""
+    for folder in stored:
+        path = run_file(folder, category, baseline, arm, seed)
+        if path.is_file():
+            return path
+    return None
 
 
 def write_tables(
@@ -759,7 +820,7 @@ def write_tables(
             "baseline": r["baseline"],
             "arm": r["arm"],
             "seed": r["seed"],
-            "summary": diagnostics_summary(r.get("diagnostics"), r["category"]),
+            "summary": _run_summary(r),
         }
         for r in records
         if r["arm"] != "baseline"
@@ -810,6 +871,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: torch's choice); 1 avoids thread contention on a shared machine")
     p.add_argument("--tables-only", action="store_true", help="run nothing: write the tables of the stored runs")
+    p.add_argument("--stored", nargs="+", type=Path, default=[], metavar="DIR",
+                   help="read-only folders of runs (e.g. benchmarks/results/bench256): runs found there are reused")
+    p.add_argument("--export", type=Path, default=None, metavar="DIR",
+                   help="write every run of the tables to DIR/runs in compact form (metrics and settings only)")
     p.add_argument("--quick", action="store_true", help="tiny run for tests: synthetic data, a few steps, tiny images")
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--image-size", type=int, default=None)
@@ -838,7 +903,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise SystemExit(f"--threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
     # The tables depend on the runs only, so a --tables-only regeneration states the command that ran them.
-    given = [a for a in (sys.argv[1:] if argv is None else argv) if a != "--tables-only"]
+    given = _command_arguments(list(sys.argv[1:] if argv is None else argv))
     command = "python benchmarks/cold_start.py " + " ".join(given)
     if args.quick:
         defaults = {"steps": QUICK_STEPS, "image_size": QUICK_IMAGE_SIZE, "batch_size": QUICK_BATCH_SIZE,
@@ -879,10 +944,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = _resolve_defaults(settings)
     summary = run_benchmark(
         args.output, data_root=Path(data_root), categories=categories, baselines=args.baselines, seeds=args.seeds,
-        settings=settings, command=command, tables_only=args.tables_only, arms=args.arms,
+        settings=settings, command=command, tables_only=args.tables_only, arms=args.arms, stored=args.stored,
+        export=args.export,
     )
     print(f"wrote {args.output / 'summary.md'} ({len(summary['tables'])} tables)")
     return 0
+
+
+def _command_arguments(argv: list[str]) -> list[str]:
+    """The arguments that shaped the runs: without --tables-only, --stored and --export (which only read or copy)."""
+    kept: list[str] = []
+    skipping = False
+    for arg in argv:
+        if arg in ("--stored", "--export"):
+            skipping = True
+            continue
+        if arg.startswith("--stored=") or arg.startswith("--export=") or arg == "--tables-only":
+            skipping = False
+            continue
+        if skipping and not arg.startswith("--"):
+            continue
+        skipping = False
+        kept.append(arg)
+    return kept
 
 
 def _resolve_defaults(settings: Mapping[str, Any]) -> dict[str, Any]:

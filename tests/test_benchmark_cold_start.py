@@ -254,3 +254,55 @@ def test_fusion_summary_states_weights_and_in_sample_and_test_auroc(quick_run: P
         for kind in cold_start.FUSED_KINDS:
             assert row["test_p_auroc"][kind] == pytest.approx(100 * record["scores"][kind]["p_auroc"])
     assert "in-sample" in (quick_run / "fusion.md").read_text()
+
+
+def test_exported_runs_rebuild_the_same_tables_elsewhere(
+    quick_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Runs exported in compact form and read back with --stored (another output, another data folder): nothing
+    is run again, and the tables and diagnostics equal those of the full runs."""
+    args = ["--quick", "--seeds", "0", "1", "--baselines", *QUICK_BASELINES]
+    exported = tmp_path / "published"
+    assert _main([*args, "--output", str(quick_run), "--tables-only", "--export", str(exported)]) == 0
+    compact = sorted((exported / "runs").rglob("*.json"))
+    assert len(compact) == len(sorted((quick_run / "runs").rglob("*.json")))
+    for path in compact:
+        record = json.loads(path.read_text())
+        assert record["diagnostics"] is None and isinstance(record["diagnostics_summary"], dict)
+        assert "/" not in record["split"]
+    capsys.readouterr()
+
+    elsewhere = tmp_path / "elsewhere"
+    assert _main([*args, "--output", str(elsewhere), "--stored", str(exported)]) == 0
+    out = capsys.readouterr().out
+    asked = [p for p in compact if p.parent.name in cold_start.DEFAULT_ARMS]  # other arms join the tables silently
+    assert "[run ]" not in out and out.count("stored in") == len(asked) > 0
+    assert not (elsewhere / "runs").exists()
+    for name in [p.name for p in (quick_run / "tables").glob("*.json")]:
+        full = json.loads((quick_run / "tables" / name).read_text())
+        rebuilt = json.loads((elsewhere / "tables" / name).read_text())
+        assert rebuilt["rows"] == full["rows"]
+    for name in ("diagnostics.json", "fusion.json"):
+        assert json.loads((elsewhere / name).read_text()) == json.loads((quick_run / name).read_text())
+    summary = json.loads((elsewhere / "summary.json").read_text())
+    assert "--stored" not in summary["command"] and "--export" not in summary["command"]
+
+
+def test_stored_runs_with_other_settings_are_refused(quick_run: Path, tmp_path: Path) -> None:
+    exported = tmp_path / "published"
+    base = ["--quick", "--seeds", "0", "--baselines", "rd4ad"]
+    assert _main([*base, "--output", str(quick_run), "--tables-only", "--export", str(exported)]) == 0
+    with pytest.raises(ValueError, match="steps"):
+        _main([*base, "--output", str(tmp_path / "other"), "--stored", str(exported), "--steps", "3"])
+
+
+def test_compact_record_keeps_what_the_tables_read() -> None:
+    history = [{"step": i, "initialized": True, "loss": 1.0 / (i + 1), "loss_spm": 0.5} for i in range(40)]
+    record = {"category": "tire", "baseline": "rd4ad", "arm": "arcad", "seed": 0, "split": "/somewhere/seed0.json",
+              "scores": {"recon": {"i_auroc": 0.75}}, "diagnostics": {"tire": {"history": history}}}
+    compact = cold_start.compact_record(record)
+    assert compact["diagnostics"] is None and compact["split"] == "seed0.json"
+    assert compact["scores"] == record["scores"]
+    assert compact["diagnostics_summary"] == cold_start.diagnostics_summary(record["diagnostics"], "tire")
+    assert cold_start.compact_record(compact) == compact  # compacting twice changes nothing
+    assert record["diagnostics"]["tire"]["history"] is history  # the input is left alone
