@@ -34,6 +34,7 @@ After the runs, the tables are written:
   sample standard deviation over seeds) of the baseline's reconstruction score and of every score kind of the
   +ArcAD arm, the gain of each over the baseline (both arms share each split, so the gain is taken per seed, then
   averaged), the number of seeds and the training and evaluation time of each arm;
+* ``OUT/ablation.md``: the paper's Table 4 layout, one line per arm (``recon`` score, gain, ArcAD's maps);
 * ``OUT/diagnostics.md`` / ``.json``: one line per +ArcAD run: each loss term early and late in training, the
   share of anomalous patches, the discriminator's accuracy, and the prototypes' usage (how many were used, the
   effective number, the largest share);
@@ -74,6 +75,7 @@ __all__ = [
     "BASELINES",
     "METRICS",
     "SCORE_KINDS",
+    "ablation_markdown",
     "aggregate",
     "compact_record",
     "diagnostics_summary",
@@ -581,6 +583,51 @@ def markdown_table(table: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _fmt_runs(mean: float, std: float, num_seeds: int, signed: bool = False) -> str:
+    """``mean ± std`` over several seeds, the bare value for one."""
+    if num_seeds == 1 and math.isfinite(mean):
+        return f"{mean:{'+' if signed else ''}.1f}"
+    return _fmt(mean, std, signed=signed)
+
+
+def ablation_markdown(table: Mapping[str, Any]) -> str:
+    """The paper's Table 4 layout for one category and baseline: one line per arm, its ``recon`` score with the
+    gain over the baseline in brackets, and the pixel AUROC of ArcAD's own maps (``prototype``, ``discriminator``)
+    where the arm has them (percent; mean ± std over the arm's seeds, the bare value for one seed).
+
+    Args:
+        table: one value of :func:`aggregate`'s output.
+    """
+    header = ["arm", "seeds", *(METRIC_LABELS[m] for m in METRICS), "prototype map P-AUROC",
+              "discriminator map P-AUROC"]
+    lines = [f"#### {table['category']} / {table['baseline']}", "", "| " + " | ".join(header) + " |",
+             "|" + "---|" * len(header)]
+    by_arm: dict[str, dict[str, Mapping[str, Any]]] = {}
+    for row in table["rows"]:
+        by_arm.setdefault(row["arm"], {})[row["score"]] = row
+    for label, rows in by_arm.items():
+        recon = rows.get(BASELINE_KIND)
+        if recon is None:
+            continue
+        n = len(recon["seeds"])
+        cells = [label, str(n)]
+        for metric in METRICS:
+            entry = recon["metrics"][metric]
+            cell = _fmt_runs(entry["mean"], entry["std"], n)
+            if "gain" in entry:
+                cell += f" ({_fmt_runs(entry['paired_gain_mean'], entry['paired_gain_std'], n, signed=True)})"
+            cells.append(cell)
+        for kind in ("prototype", "discriminator"):
+            own = rows.get(kind)
+            if own is None:
+                cells.append("-")
+            else:
+                entry = own["metrics"]["p_auroc"]
+                cells.append(_fmt_runs(entry["mean"], entry["std"], len(own["seeds"])))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 #: The maps the fused score weighs, in the order of its weights.
 FUSED_KINDS: tuple[str, ...] = ("recon", "prototype", "discriminator")
 
@@ -825,6 +872,11 @@ def write_tables(
         for r in records
         if r["arm"] != "baseline"
     ]
+    _write_text(
+        output / "ablation.md",
+        "# Every arm against its baseline (recon score; ArcAD's own maps' P-AUROC)\n\n"
+        + "\n".join(ablation_markdown(t) for t in tables.values()),
+    )
     _write_json(output / "diagnostics.json", diagnostics)
     _write_text(output / "diagnostics.md", "# +ArcAD diagnostics\n\n" + _diagnostics_lines(diagnostics))
     fusion = fusion_summary(records)

@@ -306,3 +306,23 @@ def test_compact_record_keeps_what_the_tables_read() -> None:
     assert compact["diagnostics_summary"] == cold_start.diagnostics_summary(record["diagnostics"], "tire")
     assert cold_start.compact_record(compact) == compact  # compacting twice changes nothing
     assert record["diagnostics"]["tire"]["history"] is history  # the input is left alone
+
+
+def test_ablation_table_has_one_line_per_arm_with_its_own_maps() -> None:
+    def run(arm: str, seed: int, recon: float, proto: float | None = None) -> dict:
+        scores = {"recon": {m: recon for m in cold_start.METRICS}}
+        if proto is not None:
+            scores["prototype"] = {m: proto for m in cold_start.METRICS}
+        return {"category": "tire", "baseline": "rd4ad", "arm": arm, "seed": seed, "scores": scores,
+                "train_time_s": 1.0, "eval_time_s": 1.0, "wall_time_s": 2.0}
+
+    records = [run("baseline", 0, 0.80), run("baseline", 1, 0.70), run("arcad", 0, 0.85, 0.6),
+               run("arcad", 1, 0.71, 0.5), run("spm", 0, 0.90, 0.4)]
+    text = cold_start.ablation_markdown(cold_start.aggregate(records)["tire/rd4ad"])
+    lines = [line for line in text.splitlines() if line.startswith("| ")][1:]
+    assert [line.split(" | ")[0] for line in lines] == ["| baseline", "| +ArcAD", "| +L_spm"]
+    # two seeds: mean ± std, the gain per seed (+5, +1) then mean ± std; one seed: the bare values
+    assert lines[1].split(" | ")[2] == "78.0 ± 9.9 (+3.0 ± 2.8)"
+    assert lines[1].split(" | ")[6] == "55.0 ± 7.1"
+    assert lines[2].split(" | ")[1:3] == ["1", "90.0 (+10.0)"]
+    assert lines[0].split(" | ")[6:] == ["-", "- |"]
