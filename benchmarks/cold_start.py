@@ -34,6 +34,7 @@ After the runs, the tables are written:
   sample standard deviation over seeds) of the baseline's reconstruction score and of every score kind of the
   +ArcAD arm, the gain of each over the baseline (both arms share each split, so the gain is taken per seed, then
   averaged), the number of seeds and the training and evaluation time of each arm;
+* ``OUT/comparison.md``: the same tables as docs/results.md prints them (gains in brackets);
 * ``OUT/ablation.md``: the paper's Table 4 layout, one line per arm (``recon`` score, gain, ArcAD's maps);
 * ``OUT/diagnostics.md`` / ``.json``: one line per +ArcAD run: each loss term early and late in training, the
   share of anomalous patches, the discriminator's accuracy, and the prototypes' usage (how many were used, the
@@ -77,6 +78,7 @@ __all__ = [
     "SCORE_KINDS",
     "ablation_markdown",
     "aggregate",
+    "comparison_markdown",
     "compact_record",
     "diagnostics_summary",
     "fusion_summary",
@@ -590,6 +592,31 @@ def _fmt_runs(mean: float, std: float, num_seeds: int, signed: bool = False) -> 
     return _fmt(mean, std, signed=signed)
 
 
+def comparison_markdown(table: Mapping[str, Any]) -> str:
+    """One category and baseline as docs/results.md prints it: a line per arm and score kind, each metric as
+    ``mean ± std`` over the seeds with the gain over the baseline's ``recon`` score in brackets (taken per seed on
+    the shared split, then mean ± std); one seed prints the bare values.
+
+    Args:
+        table: one value of :func:`aggregate`'s output.
+    """
+    header = ["arm", "score", "seeds", *(METRIC_LABELS[m] for m in METRICS)]
+    lines = [f"#### {table['category']} / {table['baseline']}", "", "| " + " | ".join(header) + " |",
+             "|" + "---|" * len(header)]
+    for row in table["rows"]:
+        n = len(row["seeds"])
+        cells = [row["arm"], row["score"], str(n)]
+        for metric in METRICS:
+            entry = row["metrics"][metric]
+            cell = _fmt_runs(entry["mean"], entry["std"], n)
+            if "gain" in entry:
+                gains = len(entry["gain_seeds"])
+                cell += f" ({_fmt_runs(entry['paired_gain_mean'], entry['paired_gain_std'], gains, signed=True)})"
+            cells.append(cell)
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def ablation_markdown(table: Mapping[str, Any]) -> str:
     """The paper's Table 4 layout for one category and baseline: one line per arm, its ``recon`` score with the
     gain over the baseline in brackets, and the pixel AUROC of ArcAD's own maps (``prototype``, ``discriminator``)
@@ -615,7 +642,8 @@ def ablation_markdown(table: Mapping[str, Any]) -> str:
             entry = recon["metrics"][metric]
             cell = _fmt_runs(entry["mean"], entry["std"], n)
             if "gain" in entry:
-                cell += f" ({_fmt_runs(entry['paired_gain_mean'], entry['paired_gain_std'], n, signed=True)})"
+                gains = len(entry["gain_seeds"])
+                cell += f" ({_fmt_runs(entry['paired_gain_mean'], entry['paired_gain_std'], gains, signed=True)})"
             cells.append(cell)
         for kind in ("prototype", "discriminator"):
             own = rows.get(kind)
@@ -872,6 +900,11 @@ def write_tables(
         for r in records
         if r["arm"] != "baseline"
     ]
+    _write_text(
+        output / "comparison.md",
+        "# Baseline against every arm, every score kind (percent)\n\n"
+        + "\n".join(comparison_markdown(t) for t in tables.values()),
+    )
     _write_text(
         output / "ablation.md",
         "# Every arm against its baseline (recon score; ArcAD's own maps' P-AUROC)\n\n"

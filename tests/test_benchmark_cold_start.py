@@ -326,3 +326,21 @@ def test_ablation_table_has_one_line_per_arm_with_its_own_maps() -> None:
     assert lines[1].split(" | ")[6] == "55.0 ± 7.1"
     assert lines[2].split(" | ")[1:3] == ["1", "90.0 (+10.0)"]
     assert lines[0].split(" | ")[6:] == ["-", "- |"]
+
+
+def test_comparison_table_prints_each_score_kind_with_its_paired_gain() -> None:
+    def run(arm: str, seed: int, values: dict[str, float]) -> dict:
+        return {"category": "tire", "baseline": "rd4ad", "arm": arm, "seed": seed,
+                "scores": {k: {m: v for m in cold_start.METRICS} for k, v in values.items()},
+                "train_time_s": 1.0, "eval_time_s": 1.0, "wall_time_s": 2.0}
+
+    records = [run("baseline", 0, {"recon": 0.80}), run("baseline", 1, {"recon": 0.70}),
+               run("arcad", 0, {"recon": 0.85, "prototype": 0.90}), run("arcad", 1, {"recon": 0.71, "prototype": 0.5}),
+               run("cls", 2, {"recon": 0.6})]  # no baseline for seed 2: no gain
+    text = cold_start.comparison_markdown(cold_start.aggregate(records)["tire/rd4ad"])
+    lines = [line.split(" | ") for line in text.splitlines() if line.startswith("| ")][1:]
+    assert [cells[:3] for cells in lines] == [["| baseline", "recon", "2"], ["| +ArcAD", "recon", "2"],
+                                             ["| +ArcAD", "prototype", "2"], ["| +L_cls", "recon", "1"]]
+    assert lines[0][3] == "75.0 ± 7.1"
+    assert lines[2][3] == "70.0 ± 28.3 (-5.0 ± 21.2)"  # +10 and -20 over the same seeds' baseline
+    assert lines[3][3] == "60.0"
