@@ -437,9 +437,9 @@ def test_arcad_never_reaches_the_decoder_and_z_covers_every_image(baseline: str,
 
 
 @pytest.mark.parametrize("baseline", ["rd4ad", "dinomaly", "recontrast"])
-def test_feature_cache_gives_the_results_of_the_uncached_path(baseline: str, cache: Path, tmp_path: Path) -> None:
-    """Training and evaluation with the encoder's features cached (in memory, on disk) equal the uncached run, up
-    to the rounding of batched convolutions (the encoder sees other batch compositions: 1e-7 relative)."""
+def test_feature_cache_gives_the_training_of_the_uncached_path(baseline: str, cache: Path, tmp_path: Path) -> None:
+    """Training with the encoder's features cached (in memory, on disk) follows the uncached run, up to the rounding
+    of batched convolutions (the encoder sees other batch compositions: 1e-7 relative)."""
     runs = {}
     for mode in ("off", "memory", f"disk:{tmp_path / 'features'}"):
         cfg = tiny(baseline, cache, steps=3, feature_cache=mode)
@@ -448,12 +448,40 @@ def test_feature_cache_gives_the_results_of_the_uncached_path(baseline: str, cac
     for mode, result in runs.items():
         history = [r["loss"] for r in result["diagnostics"][next(iter(result["diagnostics"]))]["history"]]
         expected = [r["loss"] for r in reference["diagnostics"][next(iter(reference["diagnostics"]))]["history"]]
-        assert history == pytest.approx(expected, rel=1e-5, abs=1e-6), mode
-        for category, kinds in result["categories"].items():
-            for kind, metrics in kinds.items():
-                # tiny random models give many near-tied pixel scores, which rounding may reorder
-                assert metrics == pytest.approx(reference["categories"][category][kind], abs=5e-3), (mode, kind)
-    assert any((tmp_path / "features").rglob("*.pt"))
+        # Step 1 sees the same weights, so only the rounding differs. Adam's first steps are about lr * sign(g), so
+        # a near-zero gradient whose rounding differs moves its weight by a full step and later losses drift
+        # further (measured: 6e-5 relative at step 3 for ReContrast); the wrong image's features would change the
+        # first loss by far more than 1e-5.
+        assert history[0] == pytest.approx(expected[0], rel=1e-5, abs=1e-6), mode
+        assert history == pytest.approx(expected, rel=1e-3, abs=1e-6), mode
+        assert set(result["categories"]) == set(reference["categories"])
+
+
+@pytest.mark.parametrize("baseline", ["rd4ad", "dinomaly", "recontrast"])
+def test_feature_cache_gives_the_evaluation_of_the_uncached_path(baseline: str, cache: Path, tmp_path: Path) -> None:
+    """One trained model evaluated with its encoder's features cached (in memory, on disk) or computed: the same
+    metrics for every score kind."""
+    from arcad_harness.data import category_test_samples, load_images, prepare_data, train_samples
+    from arcad_harness.evaluation import evaluate_category, fit_fusion
+    from arcad_harness.training import train_model
+
+    cfg = tiny(baseline, cache, steps=3, feature_cache="off")
+    data = prepare_data(cfg)
+    cfg = harness.resolve_config(cfg, synthetic=data.synthetic)
+    category = data.categories[0]
+    train_set = load_images(train_samples(data, [category], with_defects=True), cfg.image_size)
+    trained = train_model(load_example(baseline), cfg, train_set, category, [category], lambda _: None)
+    fusion = fit_fusion(trained, train_set, cfg)
+    samples = category_test_samples(data, category)
+    results = {
+        mode: evaluate_category(trained, fusion, category, samples, dataclasses.replace(cfg, feature_cache=mode),
+                                False).metrics
+        for mode in ("off", "memory", f"disk:{tmp_path / 'features'}")
+    }
+    for mode, metrics in results.items():
+        assert set(metrics) == set(results["off"])
+        for kind, values in metrics.items():
+            assert values == pytest.approx(results["off"][kind], abs=1e-4), (mode, kind)
 
 
 @pytest.mark.parametrize("baseline", ["rd4ad", "dinomaly", "recontrast"])
