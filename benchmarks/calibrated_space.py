@@ -208,10 +208,12 @@ def markdown(result: Mapping[str, Any], title: str) -> str:
     t = result["test_auroc"]
     lines += [
         "",
-        f"Test patch AUROC: probability {PERCENT * t['probability']:.1f}, distance {PERCENT * t['distance']:.1f}, "
-        f"probability at matched distance {PERCENT * t['probability_at_matched_distance']:.1f}, projection on the "
-        f"training defects' direction {PERCENT * t['training_defect_direction']:.1f}; training patches "
-        f"(in-sample) probability {PERCENT * result['train_auroc_probability']:.1f}.",
+        (
+            f"Test patch AUROC: probability {PERCENT * t['probability']:.1f}, distance {PERCENT * t['distance']:.1f}, "
+            f"probability at matched distance {PERCENT * t['probability_at_matched_distance']:.1f}, projection on "
+            f"the training defects' direction {PERCENT * t['training_defect_direction']:.1f}; training patches "
+            f"(in-sample) probability {PERCENT * result['train_auroc_probability']:.1f}."
+        ),
         "",
         "Probability AUROC per distance decile (test): "
         + ", ".join("n/a" if not math.isfinite(v) else f"{PERCENT * v:.0f}" for v in t["probability_per_distance_bin"]),

@@ -1044,7 +1044,7 @@ def _command_arguments(argv: list[str]) -> list[str]:
         if arg in ("--stored", "--export"):
             skipping = True
             continue
-        if arg.startswith("--stored=") or arg.startswith("--export=") or arg == "--tables-only":
+        if arg.startswith(("--stored=", "--export=")) or arg == "--tables-only":
             skipping = False
             continue
         if skipping and not arg.startswith("--"):
