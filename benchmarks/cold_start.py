@@ -358,7 +358,8 @@ def compact_record(record: Mapping[str, Any]) -> dict[str, Any]:
     """A run's record without its per-step history and local paths, for ``--export``.
 
     The history (one entry per training step) is replaced by :func:`diagnostics_summary` of it, which is all the
-    tables use; the split is named by its file name (``make_split`` with the seed makes it again). Everything the
+    tables use; the split, the data folder and the other local paths are named by their last component
+    (``make_split`` with the seed makes the split again). Everything the
     tables read is kept, so tables written from compact records equal those written from the full ones.
 
     Args:
@@ -372,6 +373,15 @@ def compact_record(record: Mapping[str, Any]) -> dict[str, Any]:
         out["diagnostics_summary"] = diagnostics_summary(record.get("diagnostics"), record["category"])
     out["diagnostics"] = None
     out["split"] = Path(str(record.get("split", ""))).name
+    # Local folders are named, not located (the data folder may lie anywhere; STORED_IGNORED skips it).
+    if isinstance(record.get("settings"), Mapping) and "data_root" in record["settings"]:
+        out["settings"] = {**record["settings"], "data_root": Path(str(record["settings"]["data_root"])).name}
+    if isinstance(record.get("harness_config"), Mapping):
+        config = dict(record["harness_config"])
+        for key in ("data_root", "split_path", "output_dir"):
+            if config.get(key) is not None:
+                config[key] = Path(str(config[key])).name
+        out["harness_config"] = config
     return out
 
 

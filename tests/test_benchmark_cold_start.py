@@ -269,7 +269,8 @@ def test_exported_runs_rebuild_the_same_tables_elsewhere(
     for path in compact:
         record = json.loads(path.read_text())
         assert record["diagnostics"] is None and isinstance(record["diagnostics_summary"], dict)
-        assert "/" not in record["split"]
+        assert '"/' not in path.read_text()  # no absolute local path
+        assert "/" not in record["split"] and "/" not in record["settings"]["data_root"]
     capsys.readouterr()
 
     elsewhere = tmp_path / "elsewhere"
@@ -299,9 +300,13 @@ def test_stored_runs_with_other_settings_are_refused(quick_run: Path, tmp_path: 
 def test_compact_record_keeps_what_the_tables_read() -> None:
     history = [{"step": i, "initialized": True, "loss": 1.0 / (i + 1), "loss_spm": 0.5} for i in range(40)]
     record = {"category": "tire", "baseline": "rd4ad", "arm": "arcad", "seed": 0, "split": "/somewhere/seed0.json",
+              "settings": {"data_root": "/data/sets/mvtec", "steps": 10},
+              "harness_config": {"data_root": "/data/sets/mvtec", "split_path": "/out/seed0.json", "output_dir": None},
               "scores": {"recon": {"i_auroc": 0.75}}, "diagnostics": {"tire": {"history": history}}}
     compact = cold_start.compact_record(record)
     assert compact["diagnostics"] is None and compact["split"] == "seed0.json"
+    assert compact["settings"] == {"data_root": "mvtec", "steps": 10}
+    assert compact["harness_config"] == {"data_root": "mvtec", "split_path": "seed0.json", "output_dir": None}
     assert compact["scores"] == record["scores"]
     assert compact["diagnostics_summary"] == cold_start.diagnostics_summary(record["diagnostics"], "tire")
     assert cold_start.compact_record(compact) == compact  # compacting twice changes nothing

@@ -33,6 +33,7 @@ def test_stored_runs_are_compact_and_share_one_setting() -> None:
         assert (record["category"], record["baseline"], record["arm"], f"seed{record['seed']}.json") == (
             category, baseline, arm, name)
         assert record["diagnostics"] is None and "/" not in record["split"]  # compact: no history, no paths
+        assert '"/' not in path.read_text()
         kept = {k: v for k, v in record["settings"].items() if k not in cold_start.STORED_IGNORED}
         settings.add(json.dumps(kept, sort_keys=True))
     assert len(settings) == 1, "the stored runs of one table were made with different settings"
