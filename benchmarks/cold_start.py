@@ -602,6 +602,20 @@ def _fmt_runs(mean: float, std: float, num_seeds: int, signed: bool = False) -> 
     return _fmt(mean, std, signed=signed)
 
 
+def _metric_cells(row: Mapping[str, Any]) -> list[str]:
+    """One cell per metric of a table row: ``mean ± std`` over its seeds, then the paired gain in brackets."""
+    n = len(row["seeds"])
+    cells = []
+    for metric in METRICS:
+        entry = row["metrics"][metric]
+        cell = _fmt_runs(entry["mean"], entry["std"], n)
+        if "gain" in entry:
+            gains = len(entry["gain_seeds"])
+            cell += f" ({_fmt_runs(entry['paired_gain_mean'], entry['paired_gain_std'], gains, signed=True)})"
+        cells.append(cell)
+    return cells
+
+
 def comparison_markdown(table: Mapping[str, Any]) -> str:
     """One category and baseline as docs/results.md prints it: a line per arm and score kind, each metric as
     ``mean ± std`` over the seeds with the gain over the baseline's ``recon`` score in brackets (taken per seed on
@@ -616,13 +630,7 @@ def comparison_markdown(table: Mapping[str, Any]) -> str:
     for row in table["rows"]:
         n = len(row["seeds"])
         cells = [row["arm"], row["score"], str(n)]
-        for metric in METRICS:
-            entry = row["metrics"][metric]
-            cell = _fmt_runs(entry["mean"], entry["std"], n)
-            if "gain" in entry:
-                gains = len(entry["gain_seeds"])
-                cell += f" ({_fmt_runs(entry['paired_gain_mean'], entry['paired_gain_std'], gains, signed=True)})"
-            cells.append(cell)
+        cells += _metric_cells(row)
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -648,13 +656,7 @@ def ablation_markdown(table: Mapping[str, Any]) -> str:
             continue
         n = len(recon["seeds"])
         cells = [label, str(n)]
-        for metric in METRICS:
-            entry = recon["metrics"][metric]
-            cell = _fmt_runs(entry["mean"], entry["std"], n)
-            if "gain" in entry:
-                gains = len(entry["gain_seeds"])
-                cell += f" ({_fmt_runs(entry['paired_gain_mean'], entry['paired_gain_std'], gains, signed=True)})"
-            cells.append(cell)
+        cells += _metric_cells(recon)
         for kind in ("prototype", "discriminator"):
             own = rows.get(kind)
             if own is None:
