@@ -49,7 +49,7 @@ except ImportError:  # run as a script from a source checkout
 import torch
 import torch.nn.functional as F
 
-from torch_arcad.coldstart import load_split, make_split, save_split
+from torch_arcad.coldstart import make_split, save_split
 from torch_arcad.layout import masks_to_patches
 from torch_arcad.metrics import auroc
 
@@ -253,7 +253,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    harness = cold_start._harness()
+    cold_start._harness()  # puts examples/ on the path
     from arcad_harness.config import resolve_config
     from arcad_harness.data import category_test_samples, load_images, prepare_data, train_samples
     from arcad_harness.detector import load_example
@@ -263,7 +263,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     split_path = args.split or args.output / f"split_seed{args.seed}.json"
     if not split_path.is_file():
         save_split(make_split(args.data_root, categories=[args.category], seed=args.seed), split_path)
-    load_split(split_path)
     given = {"data_root": str(args.data_root.resolve()), "setting": "single", "steps": args.steps,
              "image_size": args.image_size, "batch_size": args.batch_size, "log_every": 100}
     if args.width is not None:
@@ -295,7 +294,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.checkpoint is not None:
             torch.save({"model": trained.setup.model.state_dict(), "arcad": trained.setup.arcad.state_dict()},
                        args.checkpoint)
-    del harness
     result = analyse(trained, train_set, test_set, cfg)
     result["config"] = {"category": args.category, "baseline": args.baseline, "arm": args.arm, "seed": args.seed,
                         "steps": args.steps, "image_size": args.image_size, "batch_size": args.batch_size}

@@ -831,13 +831,11 @@ def run_benchmark(
             for category in categories:
                 for arm in arms:
                     path = run_file(output, category, baseline, arm, seed)
-                    found = _find_stored(stored, category, baseline, arm, seed)
-                    if path.is_file():
-                        record = _load_existing(path, settings)
-                        log(f"[skip] {category} {baseline} {arm} seed {seed}: {path} exists")
-                    elif found is not None:
-                        record = _load_existing(found, settings, STORED_IGNORED)
-                        log(f"[skip] {category} {baseline} {arm} seed {seed}: stored in {found}")
+                    existing = _existing_run(output, stored, settings, category, baseline, arm, seed)
+                    if existing is not None:
+                        record, where = existing
+                        log(f"[skip] {category} {baseline} {arm} seed {seed}: "
+                            + (f"{where} exists" if where == path else f"stored in {where}"))
                     elif tables_only:
                         continue
                     else:
@@ -863,12 +861,9 @@ def run_benchmark(
                 for arm in ARMS:
                     if (category, baseline, arm, seed) in done:
                         continue
-                    path = run_file(output, category, baseline, arm, seed)
-                    found = _find_stored(stored, category, baseline, arm, seed)
-                    if path.is_file():
-                        records.append(_load_existing(path, settings))
-                    elif found is not None:
-                        records.append(_load_existing(found, settings, STORED_IGNORED))
+                    existing = _existing_run(output, stored, settings, category, baseline, arm, seed)
+                    if existing is not None:
+                        records.append(existing[0])
     if export is not None:
         for record in records:
             _write_json(
@@ -879,12 +874,18 @@ def run_benchmark(
     return write_tables(output, records, settings, command)
 
 
-def _find_stored(stored: Sequence[Path], category: str, baseline: str, arm: str, seed: int) -> Path | None:
-    """The first ``--stored`` folder's file of this run, if any."""
+def _existing_run(
+    output: Path, stored: Sequence[Path], settings: Mapping[str, Any], category: str, baseline: str, arm: str,
+    seed: int,
+) -> tuple[dict[str, Any], Path] | None:
+    """A run already made: this output's file first, then the first ``--stored`` folder's; with where it was."""
+    path = run_file(output, category, baseline, arm, seed)
+    if path.is_file():
+        return _load_existing(path, settings), path
     for folder in stored:
         path = run_file(folder, category, baseline, arm, seed)
         if path.is_file():
-            return path
+            return _load_existing(path, settings, STORED_IGNORED), path
     return None
 
 
