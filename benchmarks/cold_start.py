@@ -101,10 +101,12 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 #: ``sigma_reference_dim=768``), ``focal_balanced`` (class-balanced focal loss: ``alpha=0.5``,
 #: ``cls_weighting="classes"``), ``sigma_dim_balanced`` (both), ``cls_detached`` (L_cls trains the discriminator
 #: only, ``detach_cls=True``), ``mask_quarter`` (a patch is a real anomaly when at least a quarter of its pixels
-#: are defect pixels, ``mask_threshold=0.25``).
+#: are defect pixels, ``mask_threshold=0.25``), ``mask_fraction`` (each real anomaly's term in L_dgc and L_cls
+#: times its defect fraction, ``mask_weighting="fraction"``), ``mask_fraction_mean`` (the same weights in weighted
+#: means, ``mask_weighting="fraction_mean"``).
 ARMS: tuple[str, ...] = (
     "baseline", "arcad", "spm", "spm_dgc", "cls", "sigma_dim", "focal_balanced", "sigma_dim_balanced", "cls_detached",
-    "mask_quarter",
+    "mask_quarter", "mask_fraction", "mask_fraction_mean",
 )
 #: Which of the lambdas (SPM, DGC, CLS) an arm keeps; ``None``: all of them.
 ARM_TERMS: dict[str, tuple[bool, bool, bool] | None] = {
@@ -117,6 +119,8 @@ ARM_TERMS: dict[str, tuple[bool, bool, bool] | None] = {
     "sigma_dim_balanced": None,
     "cls_detached": None,
     "mask_quarter": None,
+    "mask_fraction": None,
+    "mask_fraction_mean": None,
 }
 #: ArcAD keyword options of an arm (passed through the harness's ``arcad_options``).
 ARM_OPTIONS: dict[str, dict[str, Any]] = {
@@ -125,6 +129,8 @@ ARM_OPTIONS: dict[str, dict[str, Any]] = {
     "sigma_dim_balanced": {"sigma_reference_dim": 768, "alpha": 0.5, "cls_weighting": "classes"},
     "cls_detached": {"detach_cls": True},
     "mask_quarter": {"mask_threshold": 0.25},
+    "mask_fraction": {"mask_weighting": "fraction"},
+    "mask_fraction_mean": {"mask_weighting": "fraction_mean"},
 }
 #: The arms run by default: the plain detector and the detector with ArcAD.
 DEFAULT_ARMS: tuple[str, ...] = ("baseline", "arcad")
@@ -140,6 +146,8 @@ ARM_LABELS: dict[str, str] = {
     "sigma_dim_balanced": "+ArcAD, sigma for D=768 + balanced focal",
     "cls_detached": "+ArcAD, L_cls detached",
     "mask_quarter": "+ArcAD, anomalous patch >= 25% defect",
+    "mask_fraction": "+ArcAD, each patch's term times its defect fraction",
+    "mask_fraction_mean": "+ArcAD, patches' defect fractions as weights of the means",
 }
 #: Baselines of the examples harness.
 BASELINES: tuple[str, ...] = ("dinomaly", "rd4ad", "recontrast")

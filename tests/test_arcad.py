@@ -370,3 +370,76 @@ def test_detach_cls_keeps_the_loss_and_the_discriminator_gradient_and_cuts_the_b
     assert results[True][1] is None or torch.count_nonzero(results[True][1]) == 0  # nothing reaches the features
     with pytest.raises(TypeError, match="detach_cls"):
         ArcAD(16, 4, detach_cls="yes")
+
+
+def fraction_transcription(model, features, masks, weighted_mean):
+    """Eq. 8 and 9 (paper preset) with each real anomaly's term times its defect fraction, by boolean selection;
+    the means divide by the weights' sum (``weighted_mean``) or by the number of anomalous patches."""
+    mu = model.prototypes.prototypes.clone()
+    z = F.normalize(features.flatten(2).transpose(1, 2), dim=-1)  # (B, P, D)
+    fraction = F.avg_pool2d(masks.unsqueeze(1), SIZE // GRID).flatten(1)  # (B, P): pixels are 0/1
+    patch = fraction > 0
+    defective = patch.any(1)
+    normal = z[~defective].reshape(-1, DIM)
+    anomalies, weight = z[patch & defective[:, None]], fraction[patch & defective[:, None]]
+    synthetic = normal  # sigma = 0
+    per_anomaly = (anomalies @ mu.t()).amax(1) + 1 - (anomalies @ synthetic.detach().t()).mean(1)
+    count = weight.sum() if weighted_mean else torch.tensor(float(len(weight)))
+    dgc = (weight * per_anomaly).sum() / count
+    logits = model.discriminator(torch.cat([normal, synthetic, anomalies]))
+    n = len(normal)
+    y = torch.cat([torch.zeros(n), torch.ones(n + len(anomalies))])
+    w = torch.cat([torch.ones(2 * n), weight])
+    cls = (w * focal(logits, y)).sum() / (2 * n + count)
+    return dgc, cls, int(patch[defective].sum())
+
+
+@pytest.mark.parametrize("weighting", ["fraction", "fraction_mean"])
+def test_fraction_weighting_matches_a_weighted_transcription(weighting):
+    model = ready(mask_weighting=weighting).eval()
+    features, masks = make_batch()  # the defect covers 1/8 to all of the patches it touches
+    fractions = F.avg_pool2d(masks[3:4].unsqueeze(1), SIZE // GRID)
+    assert len(set(fractions[fractions > 0].tolist())) > 2  # the weights differ, so the test can fail
+    dgc, cls, count = fraction_transcription(model, features, masks, weighted_mean=weighting == "fraction_mean")
+    out = model(features, masks=masks)
+    torch.testing.assert_close(out.dgc, dgc, atol=1e-5, rtol=0)
+    torch.testing.assert_close(out.cls, cls, atol=1e-5, rtol=0)
+    assert out.stats["num_anomalous"].item() == count  # patches are counted, not weighed
+    binary = ready(mask_weighting="binary").eval()
+    binary.load_state_dict(model.state_dict())
+    assert not torch.allclose(binary(features, masks=masks).dgc, out.dgc)
+
+
+@pytest.mark.parametrize("weighting", ["fraction", "fraction_mean"])
+def test_fraction_weighting_equals_binary_when_defects_fill_their_patches(weighting):
+    features, _ = make_batch(requires_grad=False)
+    masks = torch.zeros(4, SIZE, SIZE)
+    masks[3, 8:24, 0:16] = 1  # exactly four whole patches
+    binary = ready().eval()
+    fraction = ready(mask_weighting=weighting).eval()
+    fraction.load_state_dict(binary.state_dict())
+    a, b = binary(features, masks=masks), fraction(features, masks=masks)
+    for name in ("loss", "dgc", "cls"):
+        torch.testing.assert_close(getattr(a, name), getattr(b, name))
+
+
+def test_fraction_weighting_keeps_binary_targets_and_the_image_level_positives():
+    features, masks = make_batch(requires_grad=False)
+    # official: L_cls's positives are every patch of a defective image, so only L_dgc is weighted
+    official = ready("official", mask_weighting="fraction").eval()
+    reference = ready("official").eval()
+    reference.load_state_dict(official.state_dict())
+    a, b = official(features, masks=masks), reference(features, masks=masks)
+    torch.testing.assert_close(a.cls, b.cls)
+    assert not torch.allclose(a.dgc, b.dgc)
+    # the real-group accuracy is the share of anomalous patches called anomalous, unweighted
+    model = ready(mask_weighting="fraction").eval()
+    accuracy = model(features, masks=masks).stats["discriminator_accuracy"][2]
+    z = F.normalize(features.flatten(2).transpose(1, 2), dim=-1)
+    anomalies = z[3][F.adaptive_max_pool2d(masks[3:4], GRID).flatten() > 0]
+    with torch.no_grad():
+        expected = (model.discriminator(anomalies) > 0).float().mean()
+    torch.testing.assert_close(accuracy, expected)
+    assert "mask_weighting='fraction'" in repr(ready(mask_weighting="fraction"))
+    with pytest.raises(ValueError, match="mask_weighting"):
+        ArcAD(DIM, mask_weighting="soft")

@@ -211,6 +211,8 @@ def test_gains_use_only_the_seeds_that_have_both_arms() -> None:
         ("focal_balanced", (0.1, 0.2, 0.3), {"alpha": 0.5, "cls_weighting": "classes"}, True),
         ("cls_detached", (0.1, 0.2, 0.3), {"detach_cls": True}, True),
         ("mask_quarter", (0.1, 0.2, 0.3), {"mask_threshold": 0.25}, True),
+        ("mask_fraction", (0.1, 0.2, 0.3), {"mask_weighting": "fraction"}, True),
+        ("mask_fraction_mean", (0.1, 0.2, 0.3), {"mask_weighting": "fraction_mean"}, True),
     ],
 )
 def test_each_arm_sets_its_lambdas_and_options(arm, lambdas, options, arcad, tmp_path: Path) -> None:

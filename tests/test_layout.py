@@ -2,7 +2,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from torch_arcad.layout import features_to_patches, image_labels, masks_to_patches
+from torch_arcad.layout import (
+    features_to_patches,
+    image_labels,
+    mask_fractions,
+    masks_to_patches,
+)
 
 
 def test_maps_and_tokens_give_the_same_patches():
@@ -40,6 +45,23 @@ def test_threshold_is_a_defect_fraction():
     masks[0, 0, :2, :2] = 1  # patch (0,0) of a 2x2 grid: 4 of 16 pixels = 25 %
     assert masks_to_patches(masks, 1, (2, 2), 0.2).tolist() == [[True, False, False, False]]
     assert masks_to_patches(masks, 1, (2, 2), 0.3).tolist() == [[False, False, False, False]]
+
+
+def test_fractions_count_defect_pixels_per_patch_and_decide_the_patches():
+    masks = torch.zeros(2, 1, 8, 12)  # a 2 x 3 grid of 4 x 4 patches
+    masks[0, 0, :2, :1] = 1  # 2 of patch (0, 0)'s 16 pixels
+    masks[0, 0, 4:, 4:8] = 0.9  # all of patch (1, 1), soft but above the level
+    masks[1, 0, :, 8:] = 0.3  # below the level: no defect
+    fractions = mask_fractions(masks, 2, (2, 3))
+    expected = torch.zeros(2, 6)
+    expected[0, 0], expected[0, 4] = 2 / 16, 1.0
+    assert fractions.dtype == torch.float32
+    torch.testing.assert_close(fractions, expected)
+    for threshold in (0.0, 0.1, 0.2, 0.99):
+        assert torch.equal(masks_to_patches(masks, 2, (2, 3), threshold), fractions > threshold)
+    assert mask_fractions(masks, 2, (2, 3), level=0.2)[1, 2] == 1.0
+    with pytest.raises(ValueError, match="mask_level"):
+        mask_fractions(masks, 2, (2, 3), level=1.0)
 
 
 def test_mask_encodings():

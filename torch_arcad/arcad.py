@@ -18,7 +18,7 @@ from .discriminator import FocalDiscriminator
 from .distributed import all_reduce_sum, global_means
 from .functional.calibration import defect_guided_loss
 from .functional.focal import binary_focal_loss_with_logits
-from .layout import features_to_patches, image_labels, masks_to_patches
+from .layout import features_to_patches, image_labels, mask_fractions
 from .presets import ArcADPreset, get_preset
 from .prototypes import MIN_PATCHES_PER_PROTOTYPE, SinkhornPrototypes, suggest_num_prototypes
 from .synthesis import HypersphereAnomalySynthesizer
@@ -49,6 +49,8 @@ def noise_scale(sigma: float, dim: int, reference_dim: int | None) -> float:
 #: Warnings issued while checking the input point at the caller of ``arcad(...)``: the frames in between are the
 #: checking method, ``forward`` and nn.Module's two call wrappers.
 _USER_FRAME: int = 5
+#: How a real anomaly patch is weighted in L_dgc and L_cls (see :class:`ArcAD`'s ``mask_weighting``).
+MASK_WEIGHTINGS: tuple[str, ...] = ("binary", "fraction", "fraction_mean")
 
 
 class ArcADOutput(NamedTuple):
@@ -94,7 +96,8 @@ class ArcAD(nn.Module):
     for the whole batch, normal and defective images together.
 
     Normal patches are all patches of label-0 images; real anomalies (eq. 7) are the patches of label-1 images
-    whose defect fraction exceeds ``mask_threshold``. Every term is computed over all patches with 0/1 weights
+    whose defect fraction exceeds ``mask_threshold`` (each weighted 1, or by its defect fraction: see
+    ``mask_weighting``). Every term is computed over all patches with 0/1 weights
     rather than by boolean selection, so shapes are static and no step waits on the device.
 
     Bad input does not poison training: a patch with a NaN or inf feature gets weight 0 in every term (the loss,
@@ -117,6 +120,14 @@ class ArcAD(nn.Module):
         lambda_spm, lambda_dgc, lambda_cls: lambda_1..3 of eq. 10.
         prefix_tokens: leading non-patch tokens of a (B, N, D) input (Dinomaly: 5 = CLS + 4 registers).
         mask_threshold: defect fraction above which a patch is anomalous (0.0: any defect pixel).
+        mask_weighting: ``"binary"`` (default, the paper and the released code): every real anomaly has weight 1
+            in L_dgc (eq. 8) and in L_cls's real group (eq. 9). ``"fraction"``: its term is multiplied by its
+            defect fraction (the share of its pixels that are defect pixels) and the means stay over the anomalous
+            patches, so a patch a thin defect only grazes is pushed with that share of eq. 8's force, and a defect
+            that fills its patches gets the paper's loss. ``"fraction_mean"``: the same weights in weighted means
+            (divided by the sum of the weights), so only the anomalies' relative weights change. The
+            discriminator's targets stay 0 / 1. Options of this library, not of the paper: where a defect is much
+            smaller than a patch, most of an anomalous patch is normal texture.
         hidden_dim: discriminator width (default D / 1.5).
         temperature, epsilon, sinkhorn_iterations, momentum, sigma, num_candidates, clamp_push, cls_anomalies,
         cls_weighting, discriminator_norm, alpha, gamma: override single preset settings (``None`` keeps the
@@ -144,6 +155,7 @@ class ArcAD(nn.Module):
         lambda_cls: float = 0.1,
         prefix_tokens: int = 0,
         mask_threshold: float = 0.0,
+        mask_weighting: str = "binary",
         hidden_dim: int | None = None,
         temperature: float | None = None,
         epsilon: float | None = None,
@@ -190,6 +202,8 @@ class ArcAD(nn.Module):
             raise ValueError(f"prefix_tokens must be >= 0, got {prefix_tokens}")
         if not 0.0 <= mask_threshold < 1.0:
             raise ValueError(f"mask_threshold must be in [0, 1), got {mask_threshold}")
+        if mask_weighting not in MASK_WEIGHTINGS:
+            raise ValueError(f"mask_weighting must be one of {MASK_WEIGHTINGS}, got {mask_weighting!r}")
         self.dim = dim
         self.preset = preset
         self.config: ArcADPreset = config
@@ -198,6 +212,7 @@ class ArcAD(nn.Module):
         self.lambda_cls = lambda_cls
         self.prefix_tokens = prefix_tokens
         self.mask_threshold = mask_threshold
+        self.mask_weighting = mask_weighting
         self.prototypes = SinkhornPrototypes(
             dim,
             num_prototypes,
@@ -237,7 +252,8 @@ class ArcAD(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"preset={self.preset!r}, lambda_spm={self.lambda_spm}, lambda_dgc={self.lambda_dgc}, "
-            f"lambda_cls={self.lambda_cls}, prefix_tokens={self.prefix_tokens}, mask_threshold={self.mask_threshold}"
+            f"lambda_cls={self.lambda_cls}, prefix_tokens={self.prefix_tokens}, mask_threshold={self.mask_threshold}, "
+            f"mask_weighting={self.mask_weighting!r}"
         )
 
     @property
@@ -275,11 +291,12 @@ class ArcAD(nn.Module):
         """
         patches, grid = self._patches(features)
         batch, num_patches, _ = patches.shape
-        anomalous = (
-            masks_to_patches(masks, batch, grid, self.mask_threshold, level=self.config.mask_level)
+        fractions = (
+            mask_fractions(masks, batch, grid, level=self.config.mask_level).to(patches.device)
             if masks is not None
             else None
         )
+        anomalous = fractions > self.mask_threshold if fractions is not None else None
         defective = image_labels(labels, anomalous, batch, patches.device)
         if anomalous is None:
             anomalous = torch.zeros(batch, num_patches, dtype=torch.bool, device=patches.device)
@@ -303,6 +320,14 @@ class ArcAD(nn.Module):
             return ArcADOutput(zero, zero, zero, zero, self._stats_before_init(normal, real, finite))
         mu = spm.prototypes
         w_normal, w_real, w_cls_real = normal.float(), real.float(), cls_real.float()
+        # eq. 9's 0/1 targets, and the counts the real anomalies' means divide by (the weights may differ)
+        target_real, n_real, n_cls_real = w_cls_real, w_real, w_cls_real
+        if self.mask_weighting != "binary" and fractions is not None:
+            w_real = w_real * rearrange(fractions, "b n -> (b n)")
+            if self.config.cls_anomalies == "masked":
+                w_cls_real = w_real
+            if self.mask_weighting == "fraction_mean":
+                n_real, n_cls_real = w_real, w_cls_real
         # Eq. 5-8 see the pre-update prototypes (the E-step), or the EMA-updated ones (the released code).
         mu_cal, push_similarities = mu, spm.similarities
         if self.config.ema_before_synthesis:
@@ -339,16 +364,16 @@ class ArcAD(nn.Module):
         logits = self._discriminator_logits(cls_input, normal, w_normal, w_cls_real)
         logits_z, logits_syn = logits.split(z.shape[0])
         focal = binary_focal_loss_with_logits(
-            logits, torch.cat([w_cls_real, torch.ones_like(w_normal)]), self.config.alpha, self.config.gamma,
+            logits, torch.cat([target_real, torch.ones_like(w_normal)]), self.config.alpha, self.config.gamma,
             reduction="none",
         )
         focal_z, focal_syn = focal.split(z.shape[0])
         group_sums = torch.stack([(focal_z * w_normal).sum(), (focal_syn * w_normal).sum(), (focal_z * w_cls_real).sum()])
-        group_counts = torch.stack([w_normal.sum(), w_normal.sum(), w_cls_real.sum()])
+        group_counts = torch.stack([w_normal.sum(), w_normal.sum(), n_cls_real.sum()])
         cls_sums, cls_counts, coefficients = self.discriminator.combine_groups(group_sums, group_counts)
 
         sums = torch.cat([dgc_sum.unsqueeze(0), cls_sums])
-        counts = torch.cat([w_real.sum().unsqueeze(0), cls_counts])
+        counts = torch.cat([n_real.sum().unsqueeze(0), cls_counts])
         if self.prototypes.gathers_globally:
             means = global_means(sums, counts, self.prototypes.process_group)
         else:
@@ -360,19 +385,19 @@ class ArcAD(nn.Module):
         with torch.no_grad():
             nearest = spm.similarities.argmax(dim=1)
             usage = torch.zeros(mu.shape[0], device=z.device).index_add_(0, nearest, w_normal)
-            correct_z = ((logits_z > 0).float() == w_cls_real).float()
+            correct_z = ((logits_z > 0).float() == target_real).float()
             correct_syn = (logits_syn > 0).float()
             accuracy = torch.stack(
                 [
                     (correct_z * w_normal).sum() / w_normal.sum().clamp_min(1),
                     (correct_syn * w_normal).sum() / w_normal.sum().clamp_min(1),
-                    (correct_z * w_cls_real).sum() / w_cls_real.sum().clamp_min(1),
+                    (correct_z * target_real).sum() / target_real.sum().clamp_min(1),
                 ]
             )
             stats = {
                 "initialized": torch.ones((), dtype=torch.bool, device=z.device),
                 "num_normal": w_normal.sum(),
-                "num_anomalous": w_real.sum(),
+                "num_anomalous": real.sum().float(),
                 "num_nonfinite": (~finite).sum().float(),
                 "prototype_usage": usage,
                 "discriminator_accuracy": accuracy,

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor
 
-__all__ = ["features_to_patches", "masks_to_patches", "image_labels"]
+__all__ = ["features_to_patches", "mask_fractions", "masks_to_patches", "image_labels"]
 
 
 def features_to_patches(features: Tensor, prefix_tokens: int = 0) -> tuple[Tensor, tuple[int, int]]:
@@ -44,26 +44,21 @@ def features_to_patches(features: Tensor, prefix_tokens: int = 0) -> tuple[Tenso
     )
 
 
-def masks_to_patches(
-    masks: Tensor, batch: int, grid: tuple[int, int], threshold: float = 0.0, *, level: float = 0.5
-) -> Tensor:
-    """Down-sample ground-truth masks to the patch grid.
+def mask_fractions(masks: Tensor, batch: int, grid: tuple[int, int], *, level: float = 0.5) -> Tensor:
+    """The fraction of defect pixels under each patch of the grid.
 
-    A patch is anomalous when the fraction of defect pixels under it exceeds ``threshold``; with 0.0 any defect
-    pixel suffices (an adaptive max-pool). A floating mask pixel is a defect pixel when it exceeds ``level``
-    (0.5 by default), integer and boolean ones when non-zero (so 0/1, 0/255 and bool masks all work). With
-    ``level=0.0`` and ``threshold=0.0`` this is the released code's ``adaptive_max_pool2d(mask) > 0`` on the raw
-    mask: the soft fringe of a bilinearly resized mask marks the patches it touches.
+    A floating mask pixel is a defect pixel when it exceeds ``level`` (0.5 by default), integer and boolean ones
+    when non-zero (so 0/1, 0/255 and bool masks all work). Each patch covers the pixels an adaptive average pool
+    gives it.
 
     Args:
         masks: (B, H, W) or (B, 1, H, W) at image resolution, H >= h and W >= w, with the grid's aspect ratio.
         batch: expected B.
         grid: (h, w) patch grid.
-        threshold: defect fraction in [0, 1).
         level: pixel value in [0, 1) above which a floating mask pixel is a defect pixel.
 
     Returns:
-        (B, h * w) boolean, row-major.
+        (B, h * w) float32 in [0, 1], row-major.
     """
     if not isinstance(masks, Tensor):
         raise TypeError(f"masks must be a torch.Tensor, got {type(masks).__name__}")
@@ -73,8 +68,6 @@ def masks_to_patches(
         raise ValueError(f"masks must have shape (B, H, W) or (B, 1, H, W), got {tuple(masks.shape)}")
     if masks.shape[0] != batch:
         raise ValueError(f"masks must have batch size B={batch} like the features, got shape {tuple(masks.shape)}")
-    if not 0.0 <= threshold < 1.0:
-        raise ValueError(f"mask_threshold must be in [0, 1), got {threshold}")
     if not 0.0 <= level < 1.0:
         raise ValueError(f"mask_level must be in [0, 1), got {level}")
     h, w = grid
@@ -87,7 +80,32 @@ def masks_to_patches(
         )
     binary = masks > level if masks.is_floating_point() else masks != 0
     fraction = F.adaptive_avg_pool2d(binary.unsqueeze(1).float(), (h, w))
-    return rearrange(fraction > threshold, "b 1 h w -> b (h w)")
+    return rearrange(fraction, "b 1 h w -> b (h w)")
+
+
+def masks_to_patches(
+    masks: Tensor, batch: int, grid: tuple[int, int], threshold: float = 0.0, *, level: float = 0.5
+) -> Tensor:
+    """Down-sample ground-truth masks to the patch grid.
+
+    A patch is anomalous when the fraction of defect pixels under it (:func:`mask_fractions`) exceeds
+    ``threshold``; with 0.0 any defect pixel suffices (an adaptive max-pool). With ``level=0.0`` and
+    ``threshold=0.0`` this is the released code's ``adaptive_max_pool2d(mask) > 0`` on the raw mask: the soft
+    fringe of a bilinearly resized mask marks the patches it touches.
+
+    Args:
+        masks: (B, H, W) or (B, 1, H, W) at image resolution, H >= h and W >= w, with the grid's aspect ratio.
+        batch: expected B.
+        grid: (h, w) patch grid.
+        threshold: defect fraction in [0, 1).
+        level: pixel value in [0, 1) above which a floating mask pixel is a defect pixel.
+
+    Returns:
+        (B, h * w) boolean, row-major.
+    """
+    if not 0.0 <= threshold < 1.0:
+        raise ValueError(f"mask_threshold must be in [0, 1), got {threshold}")
+    return mask_fractions(masks, batch, grid, level=level) > threshold
 
 
 def image_labels(labels: Tensor | None, patch_anomalous: Tensor | None, batch: int, device: torch.device) -> Tensor:
