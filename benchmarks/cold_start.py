@@ -103,10 +103,12 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 #: only, ``detach_cls=True``), ``mask_quarter`` (a patch is a real anomaly when at least a quarter of its pixels
 #: are defect pixels, ``mask_threshold=0.25``), ``mask_fraction`` (each real anomaly's term in L_dgc and L_cls
 #: times its defect fraction, ``mask_weighting="fraction"``), ``mask_fraction_mean`` (the same weights in weighted
-#: means, ``mask_weighting="fraction_mean"``).
+#: means, ``mask_weighting="fraction_mean"``), ``noise_range`` (pseudo-anomalies at noise scales drawn
+#: log-uniformly from eq. 5's sigma to 8 sigma, ``sigma_max=0.12``), ``push_margin`` (eq. 8's push stops at cosine
+#: 0.8 to the nearest prototype, ``push_margin=0.8``).
 ARMS: tuple[str, ...] = (
     "baseline", "arcad", "spm", "spm_dgc", "cls", "sigma_dim", "focal_balanced", "sigma_dim_balanced", "cls_detached",
-    "mask_quarter", "mask_fraction", "mask_fraction_mean",
+    "mask_quarter", "mask_fraction", "mask_fraction_mean", "noise_range", "push_margin",
 )
 #: Which of the lambdas (SPM, DGC, CLS) an arm keeps; ``None``: all of them.
 ARM_TERMS: dict[str, tuple[bool, bool, bool] | None] = {
@@ -121,6 +123,8 @@ ARM_TERMS: dict[str, tuple[bool, bool, bool] | None] = {
     "mask_quarter": None,
     "mask_fraction": None,
     "mask_fraction_mean": None,
+    "noise_range": None,
+    "push_margin": None,
 }
 #: ArcAD keyword options of an arm (passed through the harness's ``arcad_options``).
 ARM_OPTIONS: dict[str, dict[str, Any]] = {
@@ -131,6 +135,8 @@ ARM_OPTIONS: dict[str, dict[str, Any]] = {
     "mask_quarter": {"mask_threshold": 0.25},
     "mask_fraction": {"mask_weighting": "fraction"},
     "mask_fraction_mean": {"mask_weighting": "fraction_mean"},
+    "noise_range": {"sigma_max": 0.12},
+    "push_margin": {"push_margin": 0.8},
 }
 #: The arms run by default: the plain detector and the detector with ArcAD.
 DEFAULT_ARMS: tuple[str, ...] = ("baseline", "arcad")
@@ -148,6 +154,8 @@ ARM_LABELS: dict[str, str] = {
     "mask_quarter": "+ArcAD, anomalous patch >= 25% defect",
     "mask_fraction": "+ArcAD, each patch's term times its defect fraction",
     "mask_fraction_mean": "+ArcAD, patches' defect fractions as weights of the means",
+    "noise_range": "+ArcAD, pseudo-anomalies at noise scales sigma..8 sigma",
+    "push_margin": "+ArcAD, push stops at cosine 0.8",
 }
 #: Baselines of the examples harness.
 BASELINES: tuple[str, ...] = ("dinomaly", "rd4ad", "recontrast")

@@ -448,3 +448,64 @@ def test_fraction_weighting_keeps_binary_targets_and_the_image_level_positives()
     assert "mask_weighting='fraction'" in repr(ready(mask_weighting="fraction"))
     with pytest.raises(ValueError, match="mask_weighting"):
         ArcAD(DIM, mask_weighting="soft")
+
+
+def test_sigma_max_reaches_the_synthesizer_scaled_like_sigma_and_leaves_the_presets_alone():
+    plain = ArcAD(256, 8)
+    ranged = ArcAD(256, 8, sigma_max=0.12)
+    assert plain.synthesizer.sigma_max is None
+    assert ranged.synthesizer.sigma == pytest.approx(0.015) and ranged.synthesizer.sigma_max == pytest.approx(0.12)
+    both = ArcAD(256, 8, sigma_max=0.12, sigma_reference_dim=768)
+    assert both.synthesizer.sigma_max == pytest.approx(0.12 * 3**0.5)
+    assert ranged.config == plain.config
+    for bad in (0.01, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="sigma"):
+            ArcAD(256, 8, sigma_max=bad)
+
+
+def test_sigma_max_spreads_the_pseudo_anomalies_the_discriminator_is_trained_on():
+    """With sigma_max the pseudo-anomalies of one step lie at several angles from their anchors; the step's L_cls
+    sees them (the synthesizer's output is what the discriminator gets)."""
+    seen = {}
+    for sigma_max in (None, 0.5):
+        model = ArcAD(DIM, K, sigma=0.05, sigma_max=sigma_max)
+        model.prototypes.init_prototypes(torch.randn(64, DIM, generator=torch.Generator().manual_seed(0)))
+        features, masks = make_batch(requires_grad=False)
+        captured = []
+        model.synthesizer.register_forward_hook(lambda module, args, output, log=captured: log.append((args[0], output)))
+        model(features, masks=masks, generator=torch.Generator().manual_seed(1))
+        anchors, synthetic = captured[0]
+        seen[sigma_max] = (anchors * synthetic).sum(1)
+    assert seen[0.5].std() > 5 * seen[None].std()
+    assert seen[0.5].min() < seen[None].min()
+
+
+def test_push_margin_matches_a_transcription_with_the_push_stopped_short():
+    features, masks = make_batch(requires_grad=False)
+    plain = ready().eval()
+    z = F.normalize(features.flatten(2).transpose(1, 2), dim=-1)
+    patch = F.adaptive_max_pool2d(masks.unsqueeze(1), GRID).flatten(1) > 0
+    anomalies = z[patch & patch.any(1, keepdim=True)]
+    normal = z[~patch.any(1)].reshape(-1, DIM)
+    push = (anomalies @ plain.prototypes.prototypes.t()).amax(1)
+    ordered = push.sort().values
+    margin = float(ordered[len(ordered) // 2 - 1 : len(ordered) // 2 + 1].mean())
+    assert (push < margin).any() and (push > margin).any()
+    stopped = ready(push_margin=margin).eval()
+    stopped.load_state_dict(plain.state_dict())
+    pull = 1 - (anomalies @ normal.t()).mean(1)  # sigma = 0: the pseudo-anomalies are the normal patches
+    expected = ((push - margin).clamp_min(0) + pull).mean()
+    out = stopped(features, masks=masks)
+    torch.testing.assert_close(out.dgc, expected, atol=1e-5, rtol=0)
+    assert out.dgc < plain(features, masks=masks).dgc
+    assert "push_margin" in repr(stopped.calibration)
+
+
+def test_push_margin_is_checked_and_replaces_the_official_clamp_explicitly():
+    for bad in (1.0, -2.0, True, float("nan")):
+        with pytest.raises(ValueError, match="push_margin"):
+            ArcAD(DIM, K, push_margin=bad)
+    with pytest.raises(ValueError, match="clamp_push=False"):
+        ArcAD(DIM, K, preset="official", push_margin=0.5)
+    official = ArcAD(DIM, K, preset="official", push_margin=0.5, clamp_push=False)
+    assert official.calibration.push_margin == 0.5 and not official.calibration.clamp_push

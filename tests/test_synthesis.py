@@ -282,3 +282,93 @@ def test_module_keeps_gradient_by_default():
 def test_module_bad_settings_raise_value_error(kwargs):
     with pytest.raises(ValueError):
         HypersphereAnomalySynthesizer(**kwargs)
+
+
+# --------------------------------------------------------------------------------- several noise scales
+
+
+def reproduce_ranged_noise(n, c, d, k, *, sigma, sigma_max, seed, chunk_elements, dtype=torch.float64):
+    """The draws with ``sigma_max``: per chunk one rand((rows, 1, 1)) for the anchors' log-uniform scales, then the
+    chunk's randn((rows, C, D)), from the seeded generator."""
+    g = torch.Generator().manual_seed(seed)
+    step = rows_per_chunk(c, d, k, chunk_elements)
+    parts = []
+    for s in range(0, n, step):
+        rows = min(step, n - s)
+        u = torch.rand((rows, 1, 1), generator=g, dtype=dtype)
+        scale = sigma * (sigma_max / sigma) ** u  # log-uniform in [sigma, sigma_max]
+        parts.append(torch.randn((rows, c, d), generator=g, dtype=dtype) * scale)
+    return torch.cat(parts)
+
+
+@pytest.mark.parametrize("chunk_elements", [1 << 24, 1, 100])
+def test_sigma_max_matches_eq5_eq6_with_one_log_uniform_scale_per_anchor(chunk_elements):
+    n, c, d, k, seed = 9, 5, 6, 4, 21
+    g = torch.Generator().manual_seed(5)
+    anchors, prototypes = unit_rows(n, d, g), unit_rows(k, d, g)
+    out = synthesize_pseudo_anomalies(
+        anchors, prototypes, sigma=0.05, sigma_max=0.8, num_candidates=c,
+        generator=torch.Generator().manual_seed(seed), chunk_elements=chunk_elements,
+    )
+    noise = reproduce_ranged_noise(n, c, d, k, sigma=0.05, sigma_max=0.8, seed=seed, chunk_elements=chunk_elements)
+    expected, _ = eq5_eq6(anchors, prototypes, noise)
+    torch.testing.assert_close(out, expected, **TOLERANCE)
+
+
+def test_sigma_max_spreads_the_angle_from_the_anchors_over_the_range():
+    # one candidate, D large: tan(angle(a, z)) = |n_perp| / (1 + z.n) ~ s sqrt(D), so s is read back from the angle
+    # (to within about s: the z.n in the denominator)
+    n, d, sigma, sigma_max = 4000, 512, 0.015, 0.12
+    g = torch.Generator().manual_seed(6)
+    anchors, prototypes = unit_rows(n, d, g, torch.float32), unit_rows(3, d, g, torch.float32)
+    kwargs = {"sigma": sigma, "num_candidates": 1, "generator": torch.Generator().manual_seed(1)}
+    ranged = synthesize_pseudo_anomalies(anchors, prototypes, sigma_max=sigma_max, **kwargs)
+    cos = (ranged * anchors).sum(1).double()
+    scale = ((cos**-2 - 1) / d).sqrt()
+    log_scale = scale.log()
+    # log-uniform: the quantiles of log s are those of U(log sigma, log sigma_max)
+    low, high = torch.tensor([sigma, sigma_max]).double().log()
+    levels = torch.tensor([0.02, 0.25, 0.5, 0.75, 0.98], dtype=torch.float64)
+    torch.testing.assert_close(log_scale.quantile(levels), low + levels * (high - low), atol=0.12, rtol=0)
+    fixed = synthesize_pseudo_anomalies(anchors, prototypes, **kwargs)
+    assert (fixed * anchors).sum(1).std() < 0.1 * cos.std()  # eq. 5 alone: one thin shell
+
+
+def test_sigma_max_equal_to_sigma_is_eq5_with_the_same_random_stream():
+    g = torch.Generator().manual_seed(7)
+    anchors, prototypes = unit_rows(12, 5, g), unit_rows(3, 5, g)
+    a = synthesize_pseudo_anomalies(anchors, prototypes, sigma=0.2, generator=torch.Generator().manual_seed(2))
+    b = synthesize_pseudo_anomalies(
+        anchors, prototypes, sigma=0.2, sigma_max=0.2, generator=torch.Generator().manual_seed(2)
+    )
+    assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"sigma": 0.1, "sigma_max": 0.05},
+        {"sigma": 0.0, "sigma_max": 0.1},
+        {"sigma": 0.1, "sigma_max": float("nan")},
+        {"sigma": 0.1, "sigma_max": float("inf")},
+        {"sigma": 0.1, "sigma_max": -1.0},
+        {"sigma": 0.1, "sigma_max": "0.2"},
+    ],
+)
+def test_bad_sigma_max_raises_value_error(kwargs):
+    with pytest.raises(ValueError, match="sigma"):
+        synthesize_pseudo_anomalies(torch.randn(5, 4), torch.randn(3, 4), **kwargs)
+    with pytest.raises(ValueError, match="sigma"):
+        HypersphereAnomalySynthesizer(**kwargs)
+
+
+def test_module_passes_sigma_max():
+    g = torch.Generator().manual_seed(8)
+    anchors, prototypes = unit_rows(10, 6, g, torch.float32), unit_rows(4, 6, g, torch.float32)
+    module = HypersphereAnomalySynthesizer(0.05, 3, sigma_max=0.4)
+    out = module(anchors, prototypes, generator=torch.Generator().manual_seed(3))
+    expected = synthesize_pseudo_anomalies(
+        anchors, prototypes, sigma=0.05, sigma_max=0.4, num_candidates=3, generator=torch.Generator().manual_seed(3)
+    )
+    assert torch.equal(out, expected)
+    assert "sigma_max=0.4" in repr(module)

@@ -140,6 +140,15 @@ class ArcAD(nn.Module):
             deviation ``sigma`` whatever D. An int ``D_ref``: ``sigma * sqrt(D_ref / D)``, which keeps the
             pseudo-anomalies at the angle from their anchors they have at ``D_ref`` (see :func:`noise_scale`; 768
             is the paper's ViT-B bottleneck). An option of this library, not of the paper.
+        sigma_max: ``None`` (default, the paper: every pseudo-anomaly at eq. 5's one noise scale) or the largest
+            noise scale: each anchor draws its scale log-uniformly in ``[sigma, sigma_max]`` (both scaled by
+            ``sigma_reference_dim`` if given), so the pseudo-anomalies fill the space from eq. 5's thin shell
+            outwards, up to about ``arccos(1 / sqrt(1 + sigma_max^2 D))`` from their anchors, and the
+            discriminator is trained on all of it. An option of this library, not of the paper.
+        push_margin: ``None`` (default, eq. 8) or a cosine ``m`` in ``[-1, 1)``: the push of eq. 8 becomes
+            ``relu(max_k a . mu_k - m)``, so a real anomaly is pushed only until its cosine to the nearest prototype
+            is down to ``m`` (``0`` is the released code's clamp; it cannot be combined with ``clamp_push``). An
+            option of this library, not of the paper.
         init_factor: the prototypes initialise from the first ``init_factor * K`` normal patches.
         seed: seed of the prototype initialisation.
     """
@@ -172,6 +181,8 @@ class ArcAD(nn.Module):
         detach_synthetic: bool = False,
         detach_cls: bool = False,
         sigma_reference_dim: int | None = None,
+        sigma_max: float | None = None,
+        push_margin: float | None = None,
         init_factor: float = 4.0,
         seed: int = 0,
     ) -> None:
@@ -233,9 +244,16 @@ class ArcAD(nn.Module):
             raise TypeError(f"detach_cls must be a bool, got {detach_cls!r}")
         self.detach_cls = detach_cls
         self.synthesizer = HypersphereAnomalySynthesizer(
-            noise_scale(config.sigma, dim, sigma_reference_dim), config.num_candidates, detach=detach_synthetic
+            noise_scale(config.sigma, dim, sigma_reference_dim),
+            config.num_candidates,
+            sigma_max=None if sigma_max is None else noise_scale(sigma_max, dim, sigma_reference_dim),
+            detach=detach_synthetic,
         )
-        self.calibration = DefectGuidedLoss(clamp_push=config.clamp_push)
+        if push_margin is not None and config.clamp_push:
+            raise ValueError(
+                "push_margin replaces the preset's clamp_push (a margin of 0); pass clamp_push=False with it"
+            )
+        self.calibration = DefectGuidedLoss(clamp_push=config.clamp_push, push_margin=push_margin)
         self.discriminator = FocalDiscriminator(
             dim,
             hidden_dim,
@@ -353,6 +371,7 @@ class ArcAD(nn.Module):
             syn_mean.unsqueeze(0),
             anomaly_weight=w_real,
             clamp_push=self.calibration.clamp_push,
+            push_margin=self.calibration.push_margin,
             similarities=push_similarities,
             reduction="sum",
         )

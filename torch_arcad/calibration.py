@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from ._validation import check_push_margin
 from .functional.calibration import defect_guided_loss
 
 __all__ = ["DefectGuidedLoss"]
@@ -14,14 +15,20 @@ class DefectGuidedLoss(nn.Module):
 
     Args:
         clamp_push: ``relu`` on the push term, as the released code does (the paper has none).
+        push_margin: ``None`` (eq. 8) or a cosine ``m`` in ``[-1, 1)``: the push stops once an anomaly's cosine to
+            its nearest prototype is down to ``m`` (``relu(max_k a . mu_k - m)``). An option of this library.
     """
 
-    def __init__(self, *, clamp_push: bool = False) -> None:
+    def __init__(self, *, clamp_push: bool = False, push_margin: float | None = None) -> None:
         super().__init__()
+        check_push_margin(push_margin)
+        if clamp_push and push_margin is not None:
+            raise ValueError("give either clamp_push (a margin of 0) or push_margin, not both")
         self.clamp_push = clamp_push
+        self.push_margin = push_margin
 
     def extra_repr(self) -> str:
-        return f"clamp_push={self.clamp_push}"
+        return f"clamp_push={self.clamp_push}, push_margin={self.push_margin}"
 
     def forward(
         self,
@@ -51,4 +58,5 @@ class DefectGuidedLoss(nn.Module):
             anomaly_weight=anomaly_weight,
             synthetic_weight=synthetic_weight,
             clamp_push=self.clamp_push,
+            push_margin=self.push_margin,
         )
