@@ -24,7 +24,13 @@ Reported (``OUT/space.json`` and ``OUT/space.md``):
 * the mean probability per distance decile of each group (the shape of what it learned);
 * the direction of the training defects: ``u = mean(train_real) - mean(train_normal)`` (normalised) and the
   AUROC of the projection ``z . u`` on the test split: whether unseen defects leave the normal patches the way the
-  training defects do.
+  training defects do;
+* the noise's signature: the principal subspace of the training normal patches (the fewest components that hold
+  ``SUBSPACE_ENERGY`` of their variance) and, per group, the mean share of a patch's deviation from the normal mean
+  that lies outside it (``off_subspace``). Eq. 5's isotropic noise puts most of its energy outside a low-rank
+  subspace; a defect that moves along the normal patches' own directions does not. Reported with the off-subspace
+  share's AUROC for pseudo-anomalies against training normals (how well that signature alone tells them apart) and
+  for test defects against test normals, and the discriminator's probability's AUROC at matched off-subspace share.
 
 ``--checkpoint FILE`` stores the trained state (and reuses it when the file exists), so the analysis can be run
 again without training. The data set is read in place; nothing derived from it belongs in the repository.
@@ -65,6 +71,36 @@ NUM_BINS: int = 10
 PERCENT: float = 100.0
 #: Seed of the pseudo-anomalies' noise in the analysis.
 SYNTHESIS_SEED: int = 0
+#: Share of the training normal patches' variance the normal subspace holds.
+SUBSPACE_ENERGY: float = 0.95
+
+
+def normal_subspace(normal: torch.Tensor, energy: float = SUBSPACE_ENERGY) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean (D,) and orthonormal basis (D, r) of the principal subspace holding ``energy`` of the variance.
+
+    Args:
+        normal: (N, D) patches.
+        energy: share of the total variance, in (0, 1].
+
+    Returns:
+        The mean and the basis (dtype of ``normal``); r is the fewest leading components whose variances sum to
+        ``energy``.
+    """
+    mean = normal.double().mean(0)
+    centred = normal.double() - mean
+    _, singular, vh = torch.linalg.svd(centred, full_matrices=False)
+    share = (singular**2).cumsum(0) / (singular**2).sum()
+    rank = int((share < energy).sum()) + 1
+    return mean.to(normal.dtype), vh[: min(rank, vh.shape[0])].t().contiguous().to(normal.dtype)
+
+
+def off_subspace_share(z: torch.Tensor, mean: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
+    """(N,) share of ``|z - mean|^2`` outside the span of ``basis`` (D, r); 0 for a patch at the mean."""
+    deviation = z.double() - mean.double()
+    inside = deviation @ basis.double()
+    total = (deviation**2).sum(1)
+    outside = (total - (inside**2).sum(1)).clamp_min(0)
+    return (outside / total.clamp_min(torch.finfo(torch.float64).tiny)).float()
 
 
 def patch_auroc(scores: torch.Tensor, positive: torch.Tensor) -> float:
@@ -179,6 +215,13 @@ def analyse(trained: Any, train_set: Any, test_set: Any, cfg: Any) -> dict[str, 
     edges = torch.quantile(test_distance.double(), torch.linspace(0, 1, NUM_BINS + 1, dtype=torch.float64))
     direction = F.normalize(groups["train_real"].mean(0) - groups["train_normal"].mean(0), dim=0)
     test_z = torch.cat([groups["test_normal"], groups["test_defect"]])
+    mean, basis = normal_subspace(groups["train_normal"])
+    off = {name: off_subspace_share(z, mean, basis) for name, z in groups.items()}
+    for name in GROUPS:
+        summary[name]["off_subspace"] = float(off[name].mean())
+    test_off = torch.cat([off["test_normal"], off["test_defect"]])
+    synthetic_positive = torch.cat([torch.zeros(groups["train_normal"].shape[0], dtype=torch.bool),
+                                    torch.ones(groups["synthetic"].shape[0], dtype=torch.bool)])
     return {
         "groups": summary,
         "test_auroc": {
@@ -193,6 +236,16 @@ def analyse(trained: Any, train_set: Any, test_set: Any, cfg: Any) -> dict[str, 
             torch.cat([torch.zeros(groups["train_normal"].shape[0], dtype=torch.bool),
                        torch.ones(groups["train_real"].shape[0], dtype=torch.bool)]),
         ),
+        "subspace": {
+            "rank": int(basis.shape[1]),
+            "dim": int(basis.shape[0]),
+            "energy": SUBSPACE_ENERGY,
+            "synthetic_vs_train_normal_auroc": patch_auroc(
+                torch.cat([off["train_normal"], off["synthetic"]]), synthetic_positive
+            ),
+            "test_defect_auroc": patch_auroc(test_off, positive),
+            "probability_at_matched_off_subspace": matched_distance_auroc(test_probability, test_off, positive)[0],
+        },
         "distance_edges": [float(e) for e in edges],
         "curves": {name: decile_curve(placed[name][0], placed[name][1], edges) for name in GROUPS},
     }
@@ -200,12 +253,14 @@ def analyse(trained: Any, train_set: Any, test_set: Any, cfg: Any) -> dict[str, 
 
 def markdown(result: Mapping[str, Any], title: str) -> str:
     """The analysis as Markdown (percent for AUROCs and probabilities)."""
-    lines = [f"### {title}", "", "| group | patches | mean distance | mean p | median p |", "|---|---|---|---|---|"]
+    lines = [f"### {title}", "", "| group | patches | mean distance | mean p | median p | off-subspace share |",
+             "|---|---|---|---|---|---|"]
     for name in GROUPS:
         g = result["groups"][name]
         lines.append(f"| {name} | {g['patches']} | {g['distance']:.3f} | {PERCENT * g['probability']:.1f} | "
-                     f"{PERCENT * g['probability_median']:.1f} |")
+                     f"{PERCENT * g['probability_median']:.1f} | {PERCENT * g['off_subspace']:.1f} |")
     t = result["test_auroc"]
+    sub = result["subspace"]
     lines += [
         "",
         (
@@ -213,6 +268,14 @@ def markdown(result: Mapping[str, Any], title: str) -> str:
             f"probability at matched distance {PERCENT * t['probability_at_matched_distance']:.1f}, projection on "
             f"the training defects' direction {PERCENT * t['training_defect_direction']:.1f}; training patches "
             f"(in-sample) probability {PERCENT * result['train_auroc_probability']:.1f}."
+        ),
+        "",
+        (
+            f"Normal subspace: {sub['rank']} of {sub['dim']} components hold {PERCENT * sub['energy']:.0f}% of the "
+            f"training normal patches' variance. AUROC of the off-subspace share: pseudo-anomalies against training "
+            f"normals {PERCENT * sub['synthetic_vs_train_normal_auroc']:.1f}, test defects against test normals "
+            f"{PERCENT * sub['test_defect_auroc']:.1f}; the probability's test AUROC at matched off-subspace share "
+            f"{PERCENT * sub['probability_at_matched_off_subspace']:.1f}."
         ),
         "",
         "Probability AUROC per distance decile (test): "

@@ -52,3 +52,25 @@ def test_a_tiny_run_reports_every_group_and_reuses_its_checkpoint(tmp_path: Path
     assert first["groups"]["train_normal"]["distance"] < 1.0  # prototypes initialised
     assert first["groups"] == again["groups"]  # the stored state gives the same analysis
     assert "matched distance" in (tmp_path / "first" / "space.md").read_text()
+    assert 1 <= first["subspace"]["rank"] <= first["subspace"]["dim"]
+    assert all(0.0 <= first["groups"][name]["off_subspace"] <= 1.0 for name in calibrated_space.GROUPS)
+
+
+def test_off_subspace_share_separates_isotropic_noise_from_moves_inside_the_subspace() -> None:
+    g = torch.Generator().manual_seed(1)
+    d, r = 32, 4
+    basis = torch.linalg.qr(torch.randn(d, r, generator=g))[0]
+    normal = torch.randn(3000, r, generator=g) @ basis.t() + 0.01 * torch.randn(3000, d, generator=g)
+    mean, found = calibrated_space.normal_subspace(normal, energy=0.95)
+    assert found.shape == (d, r)  # the planted rank, not more
+    torch.testing.assert_close(found @ found.t() @ basis, basis, atol=1e-2, rtol=0)  # the planted span
+    inside = torch.randn(500, r, generator=g) @ basis.t() * 3
+    isotropic = torch.randn(500, d, generator=g)
+    share_inside = calibrated_space.off_subspace_share(inside, mean, found)
+    share_iso = calibrated_space.off_subspace_share(isotropic, mean, found)
+    assert share_inside.max() < 0.01
+    assert share_iso.mean() == pytest.approx((d - r) / d, abs=0.03)  # isotropic energy spreads over all D
+    # against the definition: the squared norm of the residual after projection, over the squared deviation
+    x = isotropic[:5].double() - mean.double()
+    residual = x - (x @ found.double()) @ found.double().t()
+    torch.testing.assert_close(share_iso[:5].double(), (residual**2).sum(1) / (x**2).sum(1), atol=1e-5, rtol=0)
