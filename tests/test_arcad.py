@@ -458,7 +458,7 @@ def test_sigma_max_reaches_the_synthesizer_scaled_like_sigma_and_leaves_the_pres
     both = ArcAD(256, 8, sigma_max=0.12, sigma_reference_dim=768)
     assert both.synthesizer.sigma_max == pytest.approx(0.12 * 3**0.5)
     assert ranged.config == plain.config
-    for bad in (0.01, -1.0, float("nan")):
+    for bad in (0.01, -1.0, float("nan"), "0.2", True):
         with pytest.raises(ValueError, match="sigma"):
             ArcAD(256, 8, sigma_max=bad)
 

@@ -243,6 +243,8 @@ class ArcAD(nn.Module):
         if not isinstance(detach_cls, bool):
             raise TypeError(f"detach_cls must be a bool, got {detach_cls!r}")
         self.detach_cls = detach_cls
+        if sigma_max is not None and (isinstance(sigma_max, bool) or not isinstance(sigma_max, (int, float))):
+            raise ValueError(f"sigma_max must be None or a float, got {sigma_max!r}")
         self.synthesizer = HypersphereAnomalySynthesizer(
             noise_scale(config.sigma, dim, sigma_reference_dim),
             config.num_candidates,

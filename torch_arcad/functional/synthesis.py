@@ -96,7 +96,7 @@ def _log_scale_ratio(sigma: float, sigma_max: float | None) -> float | None:
     """``log(sigma_max / sigma)``, or ``None`` when every anchor uses ``sigma`` (no ``sigma_max``, or equal)."""
     if sigma_max is None:
         return None
-    if not (isinstance(sigma_max, (int, float)) and math.isfinite(sigma_max)):
+    if isinstance(sigma_max, bool) or not (isinstance(sigma_max, (int, float)) and math.isfinite(sigma_max)):
         raise ValueError(f"sigma_max must be None or a finite float, got {sigma_max!r}")
     check_positive("sigma_max", sigma_max)
     if sigma_max < sigma:
