@@ -209,8 +209,12 @@ def analyse(trained: Any, train_set: Any, test_set: Any, cfg: Any) -> dict[str, 
     }
     test_distance = torch.cat([placed["test_normal"][0], placed["test_defect"][0]])
     test_probability = torch.cat([placed["test_normal"][1], placed["test_defect"][1]])
-    positive = torch.cat([torch.zeros(groups["test_normal"].shape[0], dtype=torch.bool),
-                          torch.ones(groups["test_defect"].shape[0], dtype=torch.bool)])
+    def labels(negative: str, positive: str) -> torch.Tensor:
+        """(N_neg + N_pos,) bool: False for the rows of group ``negative``, then True for those of ``positive``."""
+        counts = torch.tensor([groups[negative].shape[0], groups[positive].shape[0]])
+        return torch.tensor([False, True]).repeat_interleave(counts)
+
+    positive = labels("test_normal", "test_defect")
     matched, per_bin = matched_distance_auroc(test_probability, test_distance, positive)
     edges = torch.quantile(test_distance.double(), torch.linspace(0, 1, NUM_BINS + 1, dtype=torch.float64))
     direction = F.normalize(groups["train_real"].mean(0) - groups["train_normal"].mean(0), dim=0)
@@ -220,8 +224,6 @@ def analyse(trained: Any, train_set: Any, test_set: Any, cfg: Any) -> dict[str, 
     for name in GROUPS:
         summary[name]["off_subspace"] = float(off[name].mean())
     test_off = torch.cat([off["test_normal"], off["test_defect"]])
-    synthetic_positive = torch.cat([torch.zeros(groups["train_normal"].shape[0], dtype=torch.bool),
-                                    torch.ones(groups["synthetic"].shape[0], dtype=torch.bool)])
     return {
         "groups": summary,
         "test_auroc": {
@@ -233,15 +235,14 @@ def analyse(trained: Any, train_set: Any, test_set: Any, cfg: Any) -> dict[str, 
         },
         "train_auroc_probability": patch_auroc(
             torch.cat([placed["train_normal"][1], placed["train_real"][1]]),
-            torch.cat([torch.zeros(groups["train_normal"].shape[0], dtype=torch.bool),
-                       torch.ones(groups["train_real"].shape[0], dtype=torch.bool)]),
+            labels("train_normal", "train_real"),
         ),
         "subspace": {
             "rank": int(basis.shape[1]),
             "dim": int(basis.shape[0]),
             "energy": SUBSPACE_ENERGY,
             "synthetic_vs_train_normal_auroc": patch_auroc(
-                torch.cat([off["train_normal"], off["synthetic"]]), synthetic_positive
+                torch.cat([off["train_normal"], off["synthetic"]]), labels("train_normal", "synthetic")
             ),
             "test_defect_auroc": patch_auroc(test_off, positive),
             "probability_at_matched_off_subspace": matched_distance_auroc(test_probability, test_off, positive)[0],

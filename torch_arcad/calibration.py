@@ -21,9 +21,7 @@ class DefectGuidedLoss(nn.Module):
 
     def __init__(self, *, clamp_push: bool = False, push_margin: float | None = None) -> None:
         super().__init__()
-        check_push_margin(push_margin)
-        if clamp_push and push_margin is not None:
-            raise ValueError("give either clamp_push (a margin of 0) or push_margin, not both")
+        check_push_margin(push_margin, clamp_push)
         self.clamp_push = clamp_push
         self.push_margin = push_margin
 

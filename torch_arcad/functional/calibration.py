@@ -57,9 +57,7 @@ def defect_guided_loss(
     check_rank("synthetic", synthetic, 2, "(S, D)")
     check_dim("prototypes", prototypes, 1, anomalies.shape[1], "(K, D) with D = anomalies.shape[1]")
     check_dim("synthetic", synthetic, 1, anomalies.shape[1], "(S, D) with D = anomalies.shape[1]")
-    check_push_margin(push_margin)
-    if clamp_push and push_margin is not None:
-        raise ValueError("give either clamp_push (a margin of 0) or push_margin, not both")
+    check_push_margin(push_margin, clamp_push)
     with torch.autocast(device_type=anomalies.device.type, enabled=False):
         a = F.normalize(anomalies.float(), dim=1)
         mu = prototypes.detach().float()
