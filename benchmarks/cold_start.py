@@ -105,10 +105,11 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 #: times its defect fraction, ``mask_weighting="fraction"``), ``mask_fraction_mean`` (the same weights in weighted
 #: means, ``mask_weighting="fraction_mean"``), ``noise_range`` (pseudo-anomalies at noise scales drawn
 #: log-uniformly from eq. 5's sigma to 8 sigma, ``sigma_max=0.12``), ``push_margin`` (eq. 8's push stops at cosine
-#: 0.8 to the nearest prototype, ``push_margin=0.8``).
+#: 0.8 to the nearest prototype, ``push_margin=0.8``); and ArcAD with a harness setting: ``fusion_holdout`` (three
+#: defective training images withheld from training, the fused score's weights fitted on them alone).
 ARMS: tuple[str, ...] = (
     "baseline", "arcad", "spm", "spm_dgc", "cls", "sigma_dim", "focal_balanced", "sigma_dim_balanced", "cls_detached",
-    "mask_quarter", "mask_fraction", "mask_fraction_mean", "noise_range", "push_margin",
+    "mask_quarter", "mask_fraction", "mask_fraction_mean", "noise_range", "push_margin", "fusion_holdout",
 )
 #: Which of the lambdas (SPM, DGC, CLS) an arm keeps; ``None``: all of them.
 ARM_TERMS: dict[str, tuple[bool, bool, bool] | None] = {
@@ -125,6 +126,7 @@ ARM_TERMS: dict[str, tuple[bool, bool, bool] | None] = {
     "mask_fraction_mean": None,
     "noise_range": None,
     "push_margin": None,
+    "fusion_holdout": None,
 }
 #: ArcAD keyword options of an arm (passed through the harness's ``arcad_options``).
 ARM_OPTIONS: dict[str, dict[str, Any]] = {
@@ -137,6 +139,11 @@ ARM_OPTIONS: dict[str, dict[str, Any]] = {
     "mask_fraction_mean": {"mask_weighting": "fraction_mean"},
     "noise_range": {"sigma_max": 0.12},
     "push_margin": {"push_margin": 0.8},
+}
+#: Harness settings of an arm (fields of the harness's ``ExperimentConfig``). Three withheld defects keep one
+#: image of each of tire's four defect kinds in training (its splits hold 7 defective images: 1 + 2 + 2 + 2).
+ARM_HARNESS: dict[str, dict[str, Any]] = {
+    "fusion_holdout": {"fusion_holdout": 3},
 }
 #: The arms run by default: the plain detector and the detector with ArcAD.
 DEFAULT_ARMS: tuple[str, ...] = ("baseline", "arcad")
@@ -156,6 +163,7 @@ ARM_LABELS: dict[str, str] = {
     "mask_fraction_mean": "+ArcAD, patches' defect fractions as weights of the means",
     "noise_range": "+ArcAD, pseudo-anomalies at noise scales sigma..8 sigma",
     "push_margin": "+ArcAD, push stops at cosine 0.8",
+    "fusion_holdout": "+ArcAD, fused weights fitted on 3 withheld defects",
 }
 #: Baselines of the examples harness.
 BASELINES: tuple[str, ...] = ("dinomaly", "rd4ad", "recontrast")
@@ -309,7 +317,8 @@ def make_config(
             ``num_prototypes``, ``lambdas``, ``encoder``, ``weights``, ``device``, ``log_every``, ``eval_stride``,
             ``setting``); keys the harness's config does not know are ignored.
         baseline: one of :data:`BASELINES`.
-        arm: one of :data:`ARMS` (its lambdas and ArcAD options follow :data:`ARM_TERMS` and :data:`ARM_OPTIONS`).
+        arm: one of :data:`ARMS` (its lambdas, ArcAD options and harness settings follow :data:`ARM_TERMS`,
+            :data:`ARM_OPTIONS` and :data:`ARM_HARNESS`).
         category: the category trained and evaluated.
         seed: split seed and training seed.
         split_path: the cold-start manifest of that seed.
@@ -338,6 +347,7 @@ def make_config(
     values["lambdas"] = lambdas
     if arm in ARM_OPTIONS:
         values["arcad_options"] = dict(ARM_OPTIONS[arm])
+    values.update(ARM_HARNESS.get(arm, {}))
     return harness.ExperimentConfig(**{k: v for k, v in values.items() if k in known})
 
 
@@ -689,12 +699,14 @@ FUSED_KINDS: tuple[str, ...] = ("recon", "prototype", "discriminator")
 
 
 def fusion_summary(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Per +ArcAD-type run: the fused score's weights, each map's pixel AUROC on the training defects the weights
-    were fitted on (in-sample: the model trained on them) and on the test split.
+    """Per +ArcAD-type run: the fused score's weights, each map's pixel AUROC on the defects the weights were
+    fitted on (the training defects, in-sample: the model trained on them; or, with ``fusion_holdout``, defects
+    withheld from training) and on the test split.
 
     Returns:
-        ``[{"category", "baseline", "arm", "seed", "weights": {kind: w}, "train_p_auroc": {kind: x},
-        "test_p_auroc": {kind: x}}]`` (percent; ``nan`` where a run did not record it).
+        ``[{"category", "baseline", "arm", "seed", "fitted_on": "training" | "withheld", "fit_images",
+        "weights": {kind: w}, "train_p_auroc": {kind: x}, "test_p_auroc": {kind: x}}]`` (percent; ``nan`` where a
+        run did not record it; ``fit_images`` is ``None`` in runs that predate the field).
     """
     rows = []
     for r in records:
@@ -708,6 +720,8 @@ def fusion_summary(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]
                 "baseline": r["baseline"],
                 "arm": r["arm"],
                 "seed": r["seed"],
+                "fitted_on": "withheld" if fusion.get("held_out") else "training",
+                "fit_images": fusion.get("fit_images"),
                 "weights": {k: float(fusion["weights"].get(k, math.nan)) for k in FUSED_KINDS},
                 "train_p_auroc": {k: PERCENT * float(by_kind.get(k, math.nan)) for k in FUSED_KINDS},
                 "test_p_auroc": {k: _percent(r, k, "p_auroc") for k in FUSED_KINDS},
@@ -718,18 +732,20 @@ def fusion_summary(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]
 
 def _fusion_lines(rows: Sequence[Mapping[str, Any]]) -> str:
     lines = [
-        "Fused-score weights (recon / prototype / discriminator), fitted on the training defects, and each map's "
-        "pixel AUROC there (in-sample: the model was trained on those defects) and on the test split (percent).",
+        "Fused-score weights (recon / prototype / discriminator), fitted on the training defects (in-sample: the "
+        "model was trained on them) or on defects withheld from training, each map's pixel AUROC on the images of "
+        "the fit and on the test split (percent).",
         "",
-        "| category | baseline | arm | seed | weights | train P-AUROC r / p / d | test P-AUROC r / p / d |",
-        "|---|---|---|---|---|---|---|",
+        "| category | baseline | arm | seed | fitted on | weights | fit P-AUROC r / p / d | test P-AUROC r / p / d |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         weights = " / ".join(f"{row['weights'][k]:.1f}" for k in FUSED_KINDS)
         train = " / ".join(f"{row['train_p_auroc'][k]:.1f}" for k in FUSED_KINDS)
         test = " / ".join(f"{row['test_p_auroc'][k]:.1f}" for k in FUSED_KINDS)
-        lines.append(f"| {row['category']} | {row['baseline']} | {row['arm']} | {row['seed']} | {weights} | {train} "
-                     f"| {test} |")
+        fitted = row["fitted_on"] if row.get("fit_images") is None else f"{row['fitted_on']} ({row['fit_images']})"
+        lines.append(f"| {row['category']} | {row['baseline']} | {row['arm']} | {row['seed']} | {fitted} | {weights} "
+                     f"| {train} | {test} |")
     return "\n".join(lines) + "\n"
 
 

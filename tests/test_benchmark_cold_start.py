@@ -213,6 +213,9 @@ def test_gains_use_only_the_seeds_that_have_both_arms() -> None:
         ("mask_quarter", (0.1, 0.2, 0.3), {"mask_threshold": 0.25}, True),
         ("mask_fraction", (0.1, 0.2, 0.3), {"mask_weighting": "fraction"}, True),
         ("mask_fraction_mean", (0.1, 0.2, 0.3), {"mask_weighting": "fraction_mean"}, True),
+        ("noise_range", (0.1, 0.2, 0.3), {"sigma_max": 0.12}, True),
+        ("push_margin", (0.1, 0.2, 0.3), {"push_margin": 0.8}, True),
+        ("fusion_holdout", (0.1, 0.2, 0.3), {}, True),
     ],
 )
 def test_each_arm_sets_its_lambdas_and_options(arm, lambdas, options, arcad, tmp_path: Path) -> None:
@@ -222,6 +225,8 @@ def test_each_arm_sets_its_lambdas_and_options(arm, lambdas, options, arcad, tmp
     assert cfg.arcad is arcad
     assert tuple(cfg.lambdas) == pytest.approx(lambdas)
     assert cfg.arcad_options == options
+    assert cfg.fusion_holdout == (3 if arm == "fusion_holdout" else 0)
+    cfg.validate()
     with pytest.raises(ValueError, match="arm"):
         cold_start.make_config(settings, baseline="rd4ad", arm="nope", category="grid", seed=0,
                                split_path=tmp_path / "split.json")
@@ -249,6 +254,7 @@ def test_fusion_summary_states_weights_and_in_sample_and_test_auroc(quick_run: P
     assert len([r for r in rows if r["arm"] == "arcad"]) == len(arcad_runs) > 0
     for row in rows:
         assert sum(row["weights"].values()) == pytest.approx(1.0)
+        assert row["fitted_on"] == "training" and row["fit_images"] >= 1
         assert set(row["train_p_auroc"]) == set(row["test_p_auroc"]) == set(cold_start.FUSED_KINDS)
         record = json.loads(
             (quick_run / "runs" / row["category"] / row["baseline"] / row["arm"] / f"seed{row['seed']}.json").read_text()
@@ -297,6 +303,28 @@ def test_stored_runs_with_other_settings_are_refused(quick_run: Path, tmp_path: 
     assert _main([*base, "--output", str(quick_run), "--tables-only", "--export", str(exported)]) == 0
     with pytest.raises(ValueError, match="steps"):
         _main([*base, "--output", str(tmp_path / "other"), "--stored", str(exported), "--steps", "3"])
+
+
+def test_fusion_summary_says_what_the_weights_were_fitted_on() -> None:
+    scores = {k: {"p_auroc": 0.5} for k in cold_start.FUSED_KINDS}
+    weights = {"recon": 0.2, "prototype": 0.8, "discriminator": 0.0}
+
+    def record(arm: str, fusion: dict) -> dict:
+        return {"category": "tire", "baseline": "rd4ad", "arm": arm, "seed": 0, "scores": scores,
+                "fusion": {"tire": {"weights": weights, **fusion}}}
+
+    rows = cold_start.fusion_summary([
+        record("arcad", {}),  # a run stored before the fields existed
+        record("arcad", {"held_out": False, "fit_images": 7}),
+        record("fusion_holdout", {"held_out": True, "fit_images": 3}),
+        {**record("baseline", {}), "fusion": {}},
+    ])
+    assert [(r["arm"], r["fitted_on"], r["fit_images"]) for r in rows] == [
+        ("arcad", "training", None), ("arcad", "training", 7), ("fusion_holdout", "withheld", 3)
+    ]
+    text = cold_start._fusion_lines(rows)
+    assert "| fusion_holdout | 0 | withheld (3) | 0.2 / 0.8 / 0.0 |" in text
+    assert "| arcad | 0 | training | 0.2 / 0.8 / 0.0 |" in text
 
 
 def test_compact_record_keeps_what_the_tables_read() -> None:

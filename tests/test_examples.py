@@ -36,7 +36,7 @@ from arcad_harness import cli, losses, maps  # noqa: E402
 from arcad_harness.data import RandomBatches  # noqa: E402
 from arcad_harness.detector import load_example  # noqa: E402
 
-from torch_arcad.datasets import make_synthetic_dataset, write_png  # noqa: E402
+from torch_arcad.datasets import MVTecSample, make_synthetic_dataset, write_png  # noqa: E402
 
 METRICS = ("i_auroc", "p_auroc", "p_f1_max", "aupro")
 ALL_KINDS = ("recon", "prototype", "discriminator", "fused", "fused_equal")
@@ -347,10 +347,107 @@ def test_encoder_without_offline_weights_says_what_to_pass(tmp_path: Path) -> No
 def test_configuration_errors() -> None:
     with pytest.raises(ValueError, match="needs ArcAD"):
         harness.ExperimentConfig(arcad=False, score="fused").validate()
+    with pytest.raises(ValueError, match="fusion_holdout=2 needs ArcAD"):
+        harness.ExperimentConfig(arcad=False, fusion_holdout=2).validate()
+    with pytest.raises(ValueError, match="fusion_holdout must be an int >= 0"):
+        harness.ExperimentConfig(fusion_holdout=-1).validate()
     with pytest.raises(ValueError, match="CNN feature maps"):
         harness.ExperimentConfig(baseline="rd4ad", encoder="dinov2_vitb14_reg").validate()
     with pytest.raises(ValueError, match="baseline must be one of"):
         harness.ExperimentConfig(baseline="patchcore").validate()
+
+
+# ------------------------------------------------------------------------------ the fused score's held-out fit
+
+
+def _samples(kinds: dict[str, dict[str, int]]) -> list[MVTecSample]:
+    """Training samples without files: per category, two normal images and ``kinds[category][kind]`` defects."""
+    samples = []
+    for category, counts in kinds.items():
+        samples += [MVTecSample(Path(f"{category}/good{i}.png"), None, 0, "good", category) for i in range(2)]
+        for kind, count in counts.items():
+            samples += [
+                MVTecSample(Path(f"{category}/{kind}{i}.png"), Path(f"{category}/{kind}{i}_mask.png"), 1, kind,
+                            category)
+                for i in range(count)
+            ]
+    return samples
+
+
+def test_hold_out_defects_takes_from_the_largest_kind_and_keeps_every_kind() -> None:
+    from arcad_harness.data import hold_out_defects
+
+    samples = _samples({"tire": {"combined": 1, "contamination": 2, "cut": 2, "hole": 2},
+                        "tile": {"blowhole": 4, "crack": 1}})
+    for seed in range(20):
+        kept, held = hold_out_defects(samples, 3, seed)
+        assert sorted(map(str, [s.image for s in kept + held])) == sorted(map(str, [s.image for s in samples]))
+        assert [s.image for s in kept] == [s.image for s in samples if s not in held]  # original order
+        for category in ("tire", "tile"):
+            assert sum(s.category == category for s in held) == 3 and all(s.label == 1 for s in held)
+        # tire: one of each two-image kind, never the single "combined"; tile: the largest kind first (4 -> 1)
+        assert sorted(s.defect for s in held if s.category == "tire") == ["contamination", "cut", "hole"]
+        assert sorted(s.defect for s in held if s.category == "tile") == ["blowhole"] * 3
+        assert {s.defect for s in kept if s.label == 1} == {"combined", "contamination", "cut", "hole", "blowhole",
+                                                           "crack"}
+        assert hold_out_defects(samples, 3, seed) == (kept, held)  # deterministic
+    draws = {tuple(str(s.image) for s in hold_out_defects(samples, 3, seed)[1]) for seed in range(20)}
+    assert len(draws) > 1  # the seed chooses among equally large kinds and within a kind
+    assert hold_out_defects(samples, 0, 0) == (samples, [])
+
+
+def test_hold_out_defects_refuses_to_leave_no_training_defect() -> None:
+    from arcad_harness.data import hold_out_defects
+
+    samples = _samples({"tire": {"cut": 2, "hole": 1}})
+    assert len(hold_out_defects(samples, 2, 0)[1]) == 2
+    with pytest.raises(ValueError, match="category 'tire' has 3 defective training image"):
+        hold_out_defects(samples, 3, 0)
+    with pytest.raises(ValueError, match="count must be an int >= 0"):
+        hold_out_defects(samples, -1, 0)
+
+
+def test_fusion_holdout_fits_the_weights_on_the_withheld_defects_only(cache: Path) -> None:
+    """The withheld defects never reach training, and the held-out fit equals an in-sample fit on a set made of the
+    training normals and the withheld defects (the normals standardise, the defects choose the weights)."""
+    from arcad_harness.data import ImageSet, hold_out_defects, load_images, prepare_data, train_samples
+    from arcad_harness.evaluation import fit_fusion
+    from arcad_harness.training import train_model
+
+    synthetic = {**TINY_SYNTHETIC, "num_train": 100, "categories": ["grid"]}  # 30 normals and 3 defects to train
+    result = harness.run_experiment(tiny("rd4ad", cache, fusion_holdout=1, synthetic=synthetic))
+    fusion = result["fusion"]["grid"]
+    assert fusion["held_out"] is True and fusion["fit_images"] == 1
+    assert result["diagnostics"]["grid"]["train_defective"] == result["split"]["grid"]["train_defective"] - 1
+    assert result["config"]["fusion_holdout"] == 1
+
+    cfg = tiny("rd4ad", cache, steps=2, synthetic=synthetic)
+    data = prepare_data(cfg)
+    cfg = harness.resolve_config(cfg, synthetic=data.synthetic)
+    kept, withheld = hold_out_defects(train_samples(data, ["grid"], with_defects=True), 2, cfg.seed)
+    train_set, held = load_images(kept, cfg.image_size), load_images(withheld, cfg.image_size)
+    trained = train_model(load_example("rd4ad"), cfg, train_set, "grid", ["grid"], lambda _: None)
+    normal = train_set.labels == 0
+    combined = ImageSet(
+        images=torch.cat([train_set.images[normal], held.images]),
+        masks=torch.cat([train_set.masks[normal], held.masks]),
+        labels=torch.cat([train_set.labels[normal], held.labels]),
+        categories=[c for c, n in zip(train_set.categories, normal.tolist()) if n] + held.categories,
+        paths=[p for p, n in zip(train_set.paths, normal.tolist()) if n] + held.paths,
+    )
+    out_of_sample = fit_fusion(trained, train_set, cfg, held)
+    in_sample = fit_fusion(trained, combined, cfg)
+    assert out_of_sample.held_out and not in_sample.held_out
+    assert out_of_sample.fit_images == in_sample.fit_images == 2
+    assert out_of_sample.weights == in_sample.weights
+    assert out_of_sample.mean == pytest.approx(in_sample.mean) and out_of_sample.std == pytest.approx(in_sample.std)
+    assert out_of_sample.train_p_auroc == pytest.approx(in_sample.train_p_auroc)
+
+
+def test_fusion_holdout_on_the_command_line(cache: Path) -> None:
+    args = cli.build_parser("rd4ad").parse_args(["--tiny", "--fusion-holdout", "2"])
+    assert cli.config_from_args(args, "rd4ad").fusion_holdout == 2
+    assert cli.config_from_args(cli.build_parser("rd4ad").parse_args([]), "rd4ad").fusion_holdout == 0
 
 
 # ------------------------------------------------------------------------------------------ the examples' code

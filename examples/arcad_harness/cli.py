@@ -86,6 +86,9 @@ def build_parser(baseline: str | None = None) -> argparse.ArgumentParser:
     out = parser.add_argument_group("output")
     out.add_argument("--output", default=None, help=f"output folder (default: {DEFAULT_OUTPUT}/<baseline>)")
     out.add_argument("--score", choices=SCORE_KINDS, default="recon", help="headline score (default: %(default)s)")
+    out.add_argument("--fusion-holdout", type=int, default=0, metavar="N",
+                     help="withhold N defective training images per category from training and fit the fused "
+                     "score's weights on them (default: 0, fit on the training defects)")
     out.add_argument(
         "--eval-stride", type=int, default=None, help="pixel subsampling of the metrics (default: size // 128)"
     )
@@ -127,6 +130,7 @@ def config_from_args(args: argparse.Namespace, baseline: str | None = None) -> E
         log_every=args.log_every,
         eval_stride=args.eval_stride,
         score=args.score,
+        fusion_holdout=args.fusion_holdout,
         verbose=not args.quiet,
     )
     return tiny_config(cfg) if args.tiny else cfg

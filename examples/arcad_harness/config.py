@@ -111,6 +111,9 @@ class ExperimentConfig:
             (see :mod:`arcad_harness.cache`).
         arcad_options: further keyword arguments of ``torch_arcad.ArcAD`` (e.g. ``{"sigma_reference_dim": 768}``,
             ``{"alpha": 0.5, "cls_weighting": "classes"}``).
+        fusion_holdout: defective training images of each category withheld from training and used only to fit
+            the ``fused`` score's weights (see :func:`arcad_harness.data.hold_out_defects`); 0 fits the weights on
+            the training defects, which the model was trained on. Needs ``arcad``.
     """
 
     baseline: str = "rd4ad"
@@ -143,6 +146,7 @@ class ExperimentConfig:
     verbose: bool = True
     feature_cache: str = "memory"
     arcad_options: dict[str, Any] = field(default_factory=dict)
+    fusion_holdout: int = 0
 
     def validate(self) -> None:
         """Check every field; raises ``ValueError`` / ``TypeError`` naming the field, what it expects and got."""
@@ -157,7 +161,7 @@ class ExperimentConfig:
         for name in ("steps", "image_size", "num_prototypes", "eval_stride", "width"):
             if getattr(self, name) is not None:
                 _positive_int(name, getattr(self, name))
-        for name in ("seed", "split_seed", "log_every"):
+        for name in ("seed", "split_seed", "log_every", "fusion_holdout"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"{name} must be an int >= 0, got {value!r}")
@@ -172,6 +176,10 @@ class ExperimentConfig:
             raise ValueError(
                 f"score={self.score!r} needs ArcAD: a run without ArcAD (arcad=False / --no-arcad) has the "
                 "'recon' score only"
+            )
+        if not self.arcad and self.fusion_holdout:
+            raise ValueError(
+                f"fusion_holdout={self.fusion_holdout} needs ArcAD: a run without ArcAD has no fused score to fit"
             )
         if self.categories is not None and (isinstance(self.categories, str) or not list(self.categories)):
             raise ValueError(f"categories must be None or a non-empty list of names, got {self.categories!r}")

@@ -22,6 +22,7 @@ __all__ = [
     "ImageSet",
     "RandomBatches",
     "category_test_samples",
+    "hold_out_defects",
     "iter_image_sets",
     "load_images",
     "prepare_data",
@@ -143,6 +144,56 @@ def train_samples(data: DataSource, categories: Sequence[str], *, with_defects: 
     """Training samples of ``categories``: all of them, or the normal ones only (``with_defects=False``)."""
     samples = split_samples(data.split, "train", categories=list(categories), root=data.root)
     return samples if with_defects else [s for s in samples if s.label == 0]
+
+
+def hold_out_defects(
+    samples: Sequence[MVTecSample], count: int, seed: int
+) -> tuple[list[MVTecSample], list[MVTecSample]]:
+    """Withhold ``count`` defective images of each category from training.
+
+    The held-out images are taken one at a time from the defect kind with the most images still in training (ties
+    broken by a seeded draw), so training keeps every kind for as long as it can; within a kind the image is drawn
+    with the same generator. Everything is deterministic for a given ``seed``.
+
+    Args:
+        samples: training samples (normal and defective) of one or more categories.
+        count: defective images to withhold per category (0 withholds nothing).
+        seed: seed of the draws.
+
+    Returns:
+        ``(kept, held_out)``: the samples left for training, in their original order, and the withheld ones, in
+        the order they were drawn.
+
+    Raises:
+        ValueError: ``count`` is negative, or a category would keep no defective training image (ArcAD's L_dgc
+            and L_cls need at least one); the message names the category and its number of defects.
+    """
+    if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+        raise ValueError(f"count must be an int >= 0, got {count!r}")
+    if count == 0:
+        return list(samples), []
+    generator = torch.Generator().manual_seed(seed)
+    chosen: list[int] = []
+    categories = sorted({s.category for s in samples})
+    for category in categories:
+        by_kind: dict[str, list[int]] = {}
+        for index, sample in enumerate(samples):
+            if sample.category == category and sample.label == 1:
+                by_kind.setdefault(sample.defect, []).append(index)
+        total = sum(len(v) for v in by_kind.values())
+        if count >= total:
+            raise ValueError(
+                f"category {category!r} has {total} defective training image(s); withholding {count} would leave "
+                "none for training (withhold at most one fewer)"
+            )
+        for _ in range(count):
+            most = max(len(v) for v in by_kind.values())
+            kinds = sorted(kind for kind, v in by_kind.items() if len(v) == most)
+            kind = kinds[int(torch.randint(len(kinds), (1,), generator=generator))]
+            pool = by_kind[kind]
+            chosen.append(pool.pop(int(torch.randint(len(pool), (1,), generator=generator))))
+    held = set(chosen)
+    return [s for i, s in enumerate(samples) if i not in held], [samples[i] for i in chosen]
 
 
 def category_test_samples(data: DataSource, category: str) -> list[MVTecSample]:

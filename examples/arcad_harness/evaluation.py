@@ -14,7 +14,9 @@ own rule: RD4AD and ReContrast the maximum, Dinomaly the mean of the top 1%):
   toward equal. The training defects are few (7 to 26 images here) and the model was trained on them (L_dgc pushes
   their patches away from the prototypes, L_cls labels them anomalous), so the maps' pixel AUROC on them is an
   in-sample, optimistic estimate; ``Fusion.train_p_auroc_by_kind`` records it per map, for comparison with the
-  test split.
+  test split. With ``fusion_holdout`` (see :class:`~arcad_harness.config.ExperimentConfig`) the weights are fitted
+  on defective training images withheld from training instead: an out-of-sample fit, at the price of fewer
+  defects for ArcAD.
 """
 
 from __future__ import annotations
@@ -59,10 +61,11 @@ class Fusion:
     Attributes:
         weights: kind -> weight (sums to 1).
         mean, std: kind -> pixel statistics of the training normals' maps.
-        train_p_auroc: the pixel AUROC of the chosen weights on the training defective images (``None`` when the
-            model has no training defect with a non-empty mask, in which case the weights are recon only).
-        train_p_auroc_by_kind: the pixel AUROC of each map alone on the same images (in-sample: the model was
-            trained on them), ``None`` as above.
+        train_p_auroc: the pixel AUROC of the chosen weights on the defective images they were fitted on
+            (``None`` when there is no such image with a non-empty mask, in which case the weights are recon only).
+        train_p_auroc_by_kind: the pixel AUROC of each map alone on the same images, ``None`` as above.
+        held_out: whether those images were withheld from training (``False``: the training defects, in-sample).
+        fit_images: how many defective images the weights were fitted on.
     """
 
     weights: dict[str, float]
@@ -70,6 +73,8 @@ class Fusion:
     std: dict[str, float]
     train_p_auroc: float | None
     train_p_auroc_by_kind: dict[str, float] | None = None
+    held_out: bool = False
+    fit_images: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable copy."""
@@ -79,6 +84,8 @@ class Fusion:
             "std": self.std,
             "train_p_auroc": self.train_p_auroc,
             "train_p_auroc_by_kind": self.train_p_auroc_by_kind,
+            "held_out": self.held_out,
+            "fit_images": self.fit_images,
         }
 
 
@@ -130,35 +137,50 @@ def _weight_grid() -> list[tuple[float, float, float]]:
 
 
 @torch.no_grad()
-def fit_fusion(trained: TrainedModel, train_set: ImageSet, cfg: ExperimentConfig) -> Fusion:
-    """Fit the fused score on the training images of a model (normal statistics, weights on the defects).
+def _stride_maps(trained: TrainedModel, images: ImageSet, cfg: ExperimentConfig) -> dict[str, Tensor]:
+    """The :data:`ARCAD_KINDS` maps of every image of ``images``, subsampled by ``cfg.eval_stride``: kind ->
+    float32 (N, H / stride, W / stride) on the CPU."""
+    stride = cfg.eval_stride or 1
+    collected: dict[str, list[Tensor]] = {kind: [] for kind in ARCAD_KINDS}
+    store = get_store(cfg.feature_cache)
+    for chunk in torch.arange(len(images)).split(cfg.batch_size):
+        batch = with_features(images.batch(chunk, cfg.device), trained.setup.model, store, cfg.image_size)
+        maps = predict_maps(trained, batch.images, batch.features)
+        for kind in ARCAD_KINDS:
+            collected[kind].append(maps[kind][:, ::stride, ::stride].cpu())
+    return {kind: torch.cat(values) for kind, values in collected.items()}
+
+
+@torch.no_grad()
+def fit_fusion(
+    trained: TrainedModel, train_set: ImageSet, cfg: ExperimentConfig, held_out: ImageSet | None = None
+) -> Fusion:
+    """Fit the fused score of a model: the standardisation on the training normals, the weights on defects.
 
     Args:
         trained: a model trained with ArcAD.
         train_set: its training images (normal and defective).
         cfg: configuration (``batch_size``, ``eval_stride``, ``device``).
+        held_out: defective images withheld from training (see :func:`arcad_harness.data.hold_out_defects`);
+            when given the weights are fitted on them alone, otherwise on the defective images of ``train_set``.
 
     Returns:
         The :class:`Fusion`; deterministic for given maps.
     """
     stride = cfg.eval_stride or 1
-    collected: dict[str, list[Tensor]] = {kind: [] for kind in ARCAD_KINDS}
-    index = torch.arange(len(train_set))
-    store = get_store(cfg.feature_cache)
-    for chunk in index.split(cfg.batch_size):
-        batch = with_features(train_set.batch(chunk, cfg.device), trained.setup.model, store, cfg.image_size)
-        maps = predict_maps(trained, batch.images, batch.features)
-        for kind in ARCAD_KINDS:
-            collected[kind].append(maps[kind][:, ::stride, ::stride].cpu())
-    stacked = {kind: torch.cat(values) for kind, values in collected.items()}
-    masks = train_set.masks[:, ::stride, ::stride]
+    stacked = _stride_maps(trained, train_set, cfg)
     normal = train_set.labels == 0
     mean = {kind: float(stacked[kind][normal].mean()) for kind in ARCAD_KINDS}
     std = {kind: max(float(stacked[kind][normal].std()), STD_FLOOR) for kind in ARCAD_KINDS}
-    defective = (train_set.labels == 1) & masks.flatten(1).any(dim=1)
+    fit_set = train_set if held_out is None else held_out
+    if held_out is not None:
+        stacked = _stride_maps(trained, held_out, cfg)
+    masks = fit_set.masks[:, ::stride, ::stride]
+    defective = (fit_set.labels == 1) & masks.flatten(1).any(dim=1)
     recon_only = {"recon": 1.0, "prototype": 0.0, "discriminator": 0.0}
+    flags = {"held_out": held_out is not None, "fit_images": int(defective.sum())}
     if not bool(defective.any()) or bool(masks[defective].all()):
-        return Fusion(recon_only, mean, std, None)
+        return Fusion(recon_only, mean, std, None, **flags)
     standardised = [((stacked[kind][defective] - mean[kind]) / std[kind]).flatten() for kind in ARCAD_KINDS]
     labels = masks[defective].flatten()
     by_kind = {kind: auroc(values, labels) for kind, values in zip(ARCAD_KINDS, standardised)}
@@ -167,7 +189,7 @@ def fit_fusion(trained: TrainedModel, train_set: ImageSet, cfg: ExperimentConfig
         score = auroc(sum(w * s for w, s in zip(weights, standardised)), labels)
         if score > best:
             best, best_weights = score, dict(zip(ARCAD_KINDS, weights))
-    return Fusion(best_weights, mean, std, best, by_kind)
+    return Fusion(best_weights, mean, std, best, by_kind, **flags)
 
 
 @dataclass

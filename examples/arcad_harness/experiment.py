@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import ExperimentConfig, resolve_config
-from .data import category_test_samples, load_images, prepare_data, split_counts, train_samples
+from .data import category_test_samples, hold_out_defects, load_images, prepare_data, split_counts, train_samples
 from .detector import load_example
 from .evaluation import Fusion, evaluate_category, fit_fusion
 from .report import comparison_table, mean_metrics, results_markdown, results_table, write_json, write_text
@@ -78,15 +78,20 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
         name = group[0] if cfg.setting == "single" else MULTI_MODEL
         start = time.perf_counter()
         samples = train_samples(data, group, with_defects=cfg.arcad)
+        samples, withheld = hold_out_defects(samples, cfg.fusion_holdout, cfg.seed)
         train_set = load_images(samples, cfg.image_size)  # type: ignore[arg-type]
+        held_out = load_images(withheld, cfg.image_size) if withheld else None  # type: ignore[arg-type]
         load_time += time.perf_counter() - start
+        if withheld:
+            log(f"[{cfg.baseline}+arcad {name}] {len(withheld)} defective training image(s) withheld from training "
+                "to fit the fused score's weights")
         trained = train_model(example, cfg, train_set, name, group, log)
         train_time += trained.train_time_s
         diagnostics[name] = trained.diagnostics
         if trained.setup.arcad is not None:
             prototypes_used_k = trained.setup.arcad.prototypes.num_prototypes
         start = time.perf_counter()
-        fusion = fit_fusion(trained, train_set, cfg) if trained.setup.arcad is not None else None
+        fusion = fit_fusion(trained, train_set, cfg, held_out) if trained.setup.arcad is not None else None
         if fusion is not None:
             fusions[name] = fusion
         for category in group:
@@ -100,7 +105,7 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
                 + ", ".join(f"{k} {100 * v:.1f}" for k, v in headline.items())
             )
         eval_time += time.perf_counter() - start
-        del trained, train_set
+        del trained, train_set, held_out
 
     score_kinds = list(next(iter(categories.values())))
     resolved = cfg.to_dict()
@@ -175,7 +180,9 @@ def run_comparison(cfg: ExperimentConfig) -> dict[str, Any]:
     cfg.validate()
     output = Path(cfg.output_dir).expanduser() if cfg.output_dir is not None else None
     sub = (lambda arm: str(output / arm)) if output is not None else (lambda arm: None)
-    baseline = run_experiment(dataclasses.replace(cfg, arcad=False, score="recon", output_dir=sub("baseline")))
+    baseline = run_experiment(
+        dataclasses.replace(cfg, arcad=False, score="recon", fusion_holdout=0, output_dir=sub("baseline"))
+    )
     arcad = run_experiment(dataclasses.replace(cfg, arcad=True, output_dir=sub("arcad")))
     table = comparison_table(baseline, arcad, cfg.score)
     if cfg.verbose:
