@@ -287,7 +287,10 @@ def test_error_message_names_expected_shape():
 
 # ------------------------------------------------------------------ exp-domain path (score_bound given)
 
-PLAN_TOLERANCE = 1e-6
+# Plan entries lie in [0, 1] (rows sum to 1), and the two float32 paths round differently: over 3,000 random cases
+# of the property test below (epsilon down to 0.025, up to 10 iterations) they differed by at most 12.25 float32
+# epsilons, so a 1e-6 tolerance (8.4 epsilons) failed now and then.
+PLAN_TOLERANCE = 32 * torch.finfo(torch.float32).eps
 FLOAT32_LOG_INVERSE_TINY = 87.3365  # -log(torch.finfo(torch.float32).tiny), written out independently
 
 
