@@ -183,7 +183,7 @@ RUN_FORMAT_VERSION: int = 1
 #: Harness fields set per run or without effect on the results; they are not part of the shared settings.
 PER_RUN_FIELDS: tuple[str, ...] = (
     "baseline", "arcad", "categories", "seed", "split_seed", "split_path", "output_dir", "figures", "data_root",
-    "verbose", "score", "synthetic", "arcad_options",
+    "verbose", "score", "synthetic", "arcad_options", "fusion_holdout",
 )
 #: Windows of the training history averaged for the "first" and "last" values of the diagnostics.
 FIRST_WINDOW: float = 0.05

@@ -232,6 +232,14 @@ def test_each_arm_sets_its_lambdas_and_options(arm, lambdas, options, arcad, tmp
                                split_path=tmp_path / "split.json")
 
 
+def test_fields_an_arm_sets_are_not_shared_settings() -> None:
+    """What an arm sets per run (ArcAD options, harness settings) stays out of the settings that every stored run
+    must share, so adding an arm never invalidates the runs stored before it."""
+    per_arm = {"arcad_options"} | {key for options in cold_start.ARM_HARNESS.values() for key in options}
+    assert per_arm <= set(cold_start.PER_RUN_FIELDS)
+    assert not per_arm & set(cold_start._resolve_defaults({"steps": 2}))
+
+
 def test_ablation_arms_resume_into_the_same_folder_and_table(quick_run: Path) -> None:
     """Further arms run later into the folder of the main ones: the stored runs are reused, the tables grow."""
     args = ["--quick", "--output", str(quick_run), "--seeds", "0", "--baselines", "rd4ad", "--arms", "cls"]
