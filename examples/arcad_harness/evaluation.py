@@ -168,20 +168,19 @@ def fit_fusion(
         The :class:`Fusion`; deterministic for given maps.
     """
     stride = cfg.eval_stride or 1
-    stacked = _stride_maps(trained, train_set, cfg)
+    train_maps = _stride_maps(trained, train_set, cfg)
     normal = train_set.labels == 0
-    mean = {kind: float(stacked[kind][normal].mean()) for kind in ARCAD_KINDS}
-    std = {kind: max(float(stacked[kind][normal].std()), STD_FLOOR) for kind in ARCAD_KINDS}
+    mean = {kind: float(train_maps[kind][normal].mean()) for kind in ARCAD_KINDS}
+    std = {kind: max(float(train_maps[kind][normal].std()), STD_FLOOR) for kind in ARCAD_KINDS}
     fit_set = train_set if held_out is None else held_out
-    if held_out is not None:
-        stacked = _stride_maps(trained, held_out, cfg)
+    fit_maps = train_maps if held_out is None else _stride_maps(trained, held_out, cfg)
     masks = fit_set.masks[:, ::stride, ::stride]
     defective = (fit_set.labels == 1) & masks.flatten(1).any(dim=1)
     recon_only = {"recon": 1.0, "prototype": 0.0, "discriminator": 0.0}
     flags = {"held_out": held_out is not None, "fit_images": int(defective.sum())}
     if not bool(defective.any()) or bool(masks[defective].all()):
         return Fusion(recon_only, mean, std, None, **flags)
-    standardised = [((stacked[kind][defective] - mean[kind]) / std[kind]).flatten() for kind in ARCAD_KINDS]
+    standardised = [((fit_maps[kind][defective] - mean[kind]) / std[kind]).flatten() for kind in ARCAD_KINDS]
     labels = masks[defective].flatten()
     by_kind = {kind: auroc(values, labels) for kind, values in zip(ARCAD_KINDS, standardised)}
     best, best_weights = -1.0, recon_only
