@@ -182,7 +182,7 @@ def analyse(trained: Any, train_set: Any, test_set: Any, cfg: Any) -> dict[str, 
 
     def place(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         distance = 1 - (z @ prototypes.t()).amax(dim=1)
-        probability = torch.sigmoid(discriminator(z).float())
+        probability = torch.sigmoid(discriminator(z, distance if discriminator.reads_distance else None).float())
         return distance, probability
 
     z_train, d_train, y_train = embed(trained, train_set, cfg)

@@ -105,11 +105,14 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 #: times its defect fraction, ``mask_weighting="fraction"``), ``mask_fraction_mean`` (the same weights in weighted
 #: means, ``mask_weighting="fraction_mean"``), ``noise_range`` (pseudo-anomalies at noise scales drawn
 #: log-uniformly from eq. 5's sigma to 8 sigma, ``sigma_max=0.12``), ``push_margin`` (eq. 8's push stops at cosine
-#: 0.8 to the nearest prototype, ``push_margin=0.8``); and ArcAD with a harness setting: ``fusion_holdout`` (three
-#: defective training images withheld from training, the fused score's weights fitted on them alone).
+#: 0.8 to the nearest prototype, ``push_margin=0.8``), ``disc_distance`` (the discriminator's logit also reads the
+#: distance to the nearest prototype with a learned non-negative weight, ``discriminator_distance=True``); and ArcAD
+#: with a harness setting: ``fusion_holdout`` (three defective training images withheld from training, the fused
+#: score's weights fitted on them alone).
 ARMS: tuple[str, ...] = (
     "baseline", "arcad", "spm", "spm_dgc", "cls", "sigma_dim", "focal_balanced", "sigma_dim_balanced", "cls_detached",
     "mask_quarter", "mask_fraction", "mask_fraction_mean", "noise_range", "push_margin", "fusion_holdout",
+    "disc_distance",
 )
 #: Which of the lambdas (SPM, DGC, CLS) an arm keeps; ``None``: all of them.
 ARM_TERMS: dict[str, tuple[bool, bool, bool] | None] = {
@@ -127,6 +130,7 @@ ARM_TERMS: dict[str, tuple[bool, bool, bool] | None] = {
     "noise_range": None,
     "push_margin": None,
     "fusion_holdout": None,
+    "disc_distance": None,
 }
 #: ArcAD keyword options of an arm (passed through the harness's ``arcad_options``).
 ARM_OPTIONS: dict[str, dict[str, Any]] = {
@@ -139,6 +143,7 @@ ARM_OPTIONS: dict[str, dict[str, Any]] = {
     "mask_fraction_mean": {"mask_weighting": "fraction_mean"},
     "noise_range": {"sigma_max": 0.12},
     "push_margin": {"push_margin": 0.8},
+    "disc_distance": {"discriminator_distance": True},
 }
 #: Harness settings of an arm (fields of the harness's ``ExperimentConfig``). Three withheld defects keep one
 #: image of each of tire's four defect kinds in training (its splits hold 7 defective images: 1 + 2 + 2 + 2).
@@ -164,6 +169,7 @@ ARM_LABELS: dict[str, str] = {
     "noise_range": "+ArcAD, pseudo-anomalies at noise scales sigma..8 sigma",
     "push_margin": "+ArcAD, push stops at cosine 0.8",
     "fusion_holdout": "+ArcAD, fused weights fitted on 3 withheld defects",
+    "disc_distance": "+ArcAD, discriminator reads the prototype distance",
 }
 #: Baselines of the examples harness.
 BASELINES: tuple[str, ...] = ("dinomaly", "rd4ad", "recontrast")

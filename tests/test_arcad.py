@@ -509,3 +509,89 @@ def test_push_margin_is_checked_and_replaces_the_official_clamp_explicitly():
         ArcAD(DIM, K, preset="official", push_margin=0.5)
     official = ArcAD(DIM, K, preset="official", push_margin=0.5, clamp_push=False)
     assert official.calibration.push_margin == 0.5 and not official.calibration.clamp_push
+
+
+def test_pseudo_anomaly_distance_is_the_measured_distance_of_eq5_pseudo_anomalies():
+    from torch_arcad import HypersphereAnomalySynthesizer
+    from torch_arcad.arcad import pseudo_anomaly_distance
+
+    for dim, sigma in ((256, 0.015), (768, 0.015), (176, 0.05)):
+        generator = torch.Generator().manual_seed(0)
+        anchors = F.normalize(torch.randn(4000, dim, generator=generator), dim=1)
+        prototypes = F.normalize(torch.randn(8, dim, generator=generator), dim=1)
+        synthetic = HypersphereAnomalySynthesizer(sigma, 1)(anchors, prototypes, generator=generator)
+        measured = float((1 - (synthetic * anchors).sum(dim=1)).mean())
+        assert pseudo_anomaly_distance(sigma, dim) == pytest.approx(measured, rel=0.03)
+    for bad in (0.0, -0.1):
+        with pytest.raises(ValueError, match="sigma"):
+            pseudo_anomaly_distance(bad, 16)
+
+
+def distance_ready(preset="paper", **kwargs):
+    model = ArcAD(DIM, K, preset=preset, sigma=0.05, discriminator_distance=True, **kwargs)
+    model.prototypes.init_prototypes(torch.randn(64, DIM, generator=torch.Generator().manual_seed(5)))
+    with torch.no_grad():
+        model.discriminator.log_distance_weight.fill_(0.4)
+    return model
+
+
+def test_discriminator_distance_score_matches_a_transcription():
+    from torch_arcad.arcad import pseudo_anomaly_distance
+
+    model = distance_ready()
+    features, _ = make_batch(requires_grad=False)
+    scale = pseudo_anomaly_distance(0.05, DIM)
+    assert model.discriminator.distance_scale == pytest.approx(1 - (1 + 0.05**2 * DIM) ** -0.5)
+    z = F.normalize(features.flatten(2).transpose(1, 2).reshape(-1, DIM), dim=1)
+    distance = 1 - (z @ model.prototypes.prototypes.t()).amax(dim=1)
+    logits = model.discriminator.net(z).squeeze(1) + torch.exp(torch.tensor(0.4)) * distance / scale
+    scores = model.score(features)
+    torch.testing.assert_close(scores.discriminator.reshape(-1), torch.sigmoid(logits), atol=1e-6, rtol=0)
+    torch.testing.assert_close(scores.prototype.reshape(-1), distance, atol=1e-6, rtol=0)
+
+
+def test_discriminator_distance_cls_matches_a_transcription():
+    """L_cls (eq. 9, one union mean) on logits that add the distance term, with every distance computed here from
+    the pre-update prototypes: the patches' and the pseudo-anomalies' (captured from the synthesizer)."""
+    model = distance_ready().eval()
+    features, masks = make_batch(requires_grad=False)
+    mu = model.prototypes.prototypes.clone()
+    captured = []
+    model.synthesizer.register_forward_hook(lambda module, args, output: captured.append(output))
+    out = model(features, masks=masks, generator=torch.Generator().manual_seed(1))
+    z = F.normalize(features.flatten(2).transpose(1, 2), dim=-1)  # (B, P, D)
+    synthetic = captured[0].reshape(4, GRID * GRID, DIM)
+    patch = F.adaptive_max_pool2d(masks.unsqueeze(1), GRID).flatten(1) > 0
+    rows = torch.cat([z[:3].reshape(-1, DIM), synthetic[:3].reshape(-1, DIM), z[3][patch[3]]])
+    distance = 1 - (rows @ mu.t()).amax(dim=1)
+    logits = model.discriminator.net(rows).squeeze(1) + torch.exp(torch.tensor(0.4)) * distance / (
+        model.discriminator.distance_scale
+    )
+    y = torch.cat([torch.zeros(3 * GRID * GRID), torch.ones(len(rows) - 3 * GRID * GRID)])
+    torch.testing.assert_close(out.cls, focal(logits, y).mean(), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("preset", ["paper", "official"])
+def test_discriminator_distance_trains_its_weight_and_the_bottleneck(preset):
+    model = distance_ready(preset)
+    features, masks = make_batch()
+    out = model(features, masks=masks)
+    out.loss.backward()
+    assert torch.isfinite(out.loss)
+    assert model.discriminator.log_distance_weight.grad is not None
+    assert model.discriminator.log_distance_weight.grad != 0
+    assert features.grad.abs().sum() > 0
+    assert "discriminator.log_distance_weight" in model.state_dict()
+    assert "discriminator.log_distance_weight" not in ArcAD(DIM, K, preset=preset).state_dict()
+
+
+def test_discriminator_distance_is_checked_and_leaves_the_presets_alone():
+    with pytest.raises(ValueError, match="sigma > 0"):
+        ArcAD(DIM, K, sigma=0.0, discriminator_distance=True)
+    with pytest.raises(TypeError, match="discriminator_distance"):
+        ArcAD(DIM, K, discriminator_distance=1)
+    assert ArcAD(DIM, K, discriminator_distance=True).config == ArcAD(DIM, K).config
+    assert not ArcAD(DIM, K).discriminator.reads_distance
+    scaled = ArcAD(256, K, sigma_reference_dim=768, discriminator_distance=True)
+    # the unit follows the noise actually used: the 768-dim angle
+    assert scaled.discriminator.distance_scale == pytest.approx(1 - (1 + 0.015**2 * 768) ** -0.5)

@@ -216,6 +216,7 @@ def test_gains_use_only_the_seeds_that_have_both_arms() -> None:
         ("noise_range", (0.1, 0.2, 0.3), {"sigma_max": 0.12}, True),
         ("push_margin", (0.1, 0.2, 0.3), {"push_margin": 0.8}, True),
         ("fusion_holdout", (0.1, 0.2, 0.3), {}, True),
+        ("disc_distance", (0.1, 0.2, 0.3), {"discriminator_distance": True}, True),
     ],
 )
 def test_each_arm_sets_its_lambdas_and_options(arm, lambdas, options, arcad, tmp_path: Path) -> None:

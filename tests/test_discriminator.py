@@ -273,3 +273,80 @@ def test_bad_options_raise_value_error(kwargs):
 def test_bad_dim_raises_value_error():
     with pytest.raises(ValueError):
         FocalDiscriminator(0)
+
+
+# ------------------------------------------------------------------------------------------ distance reading
+
+
+def test_distance_term_adds_a_non_negative_learned_multiple_of_the_distance():
+    module = make(distance_scale=0.2)
+    with torch.no_grad():
+        module.log_distance_weight.fill_(0.3)
+    x = torch.randn(7, 9)
+    distance = torch.rand(7) * 2
+    expected = mlp_transcription(module, x) + torch.exp(torch.tensor(0.3, dtype=torch.float64)) * distance.double() / 0.2
+    torch.testing.assert_close(module(x, distance).double(), expected, **TOLERANCE)
+    # whatever the learned log weight, a larger distance never lowers the logit of the same features
+    for rho in (-6.0, 0.0, 4.0):
+        with torch.no_grad():
+            module.log_distance_weight.fill_(rho)
+        near, far = module(x, distance), module(x, distance + 0.1)
+        assert (far > near).all()
+
+
+def test_distance_weight_is_learned_and_resumes_from_the_state_dict():
+    module = make(distance_scale=0.05)
+    normal, synthetic, anomalies = groups(seed=2)
+    # normal rows on their prototypes, the anomalies farther out
+    distances = (torch.zeros(6), torch.full((5,), 0.08), torch.full((3,), 0.5))
+    with torch.no_grad():  # an MLP that says nothing yet: the logits are the distance term alone
+        module.net[-1].weight.zero_()
+    loss = module.loss(normal, synthetic, anomalies, distances=distances)
+    (grad,) = torch.autograd.grad(loss, [module.log_distance_weight])
+    assert grad < 0  # eq. 9 asks for a larger weight
+    with torch.no_grad():
+        module.log_distance_weight.sub_(0.1 * grad)
+    assert module.loss(normal, synthetic, anomalies, distances=distances) < loss
+    with torch.no_grad():
+        module.net[-1].weight.normal_()
+    assert "log_distance_weight" in module.state_dict()
+    assert "log_distance_weight" not in make().state_dict()
+    copy = FocalDiscriminator(9, distance_scale=0.05)
+    copy.load_state_dict(module.state_dict())
+    x, d = torch.randn(4, 9), torch.rand(4)
+    torch.testing.assert_close(copy(x, d), module(x, d))
+
+
+def test_distance_loss_matches_eq9_on_the_logits_with_the_distance_term():
+    module = make(distance_scale=0.1)
+    normal, synthetic, anomalies = groups(seed=3)
+    g = torch.Generator().manual_seed(4)
+    distances = tuple(torch.rand(len(part), generator=g) for part in (normal, synthetic, anomalies))
+    loss = module.loss(normal, synthetic, anomalies, distances=distances)
+    x = torch.cat([normal, synthetic, anomalies])
+    logits = mlp_transcription(module, x) + torch.cat(distances).double() / 0.1  # rho = 0: weight 1
+    y = torch.cat([torch.zeros(len(normal)), torch.ones(len(synthetic) + len(anomalies))])
+    torch.testing.assert_close(loss.double(), focal_elements(logits, y, 0.75, 2.0).mean(), **TOLERANCE)
+
+
+def test_distance_is_required_exactly_when_read():
+    reading, plain = make(distance_scale=0.1), make()
+    x = torch.randn(5, 9)
+    with pytest.raises(ValueError, match="distance"):
+        reading(x)
+    with pytest.raises(ValueError, match=r"\(N,\)"):
+        reading(x, torch.rand(4))
+    with pytest.raises(ValueError, match=r"\(N,\)"):
+        reading(x, torch.rand(5, 1))
+    with pytest.raises(ValueError, match="reads no distance"):
+        plain(x, torch.rand(5))
+    with pytest.raises(ValueError, match="distance"):
+        plain.distance_logit(torch.rand(5))
+    assert reading.reads_distance and not plain.reads_distance
+    assert "distance_scale=0.1" in repr(reading)
+
+
+@pytest.mark.parametrize("scale", [0.0, -1.0, float("inf"), float("nan"), True, "0.1"])
+def test_bad_distance_scale_raises_value_error(scale):
+    with pytest.raises(ValueError, match="distance_scale"):
+        FocalDiscriminator(8, distance_scale=scale)

@@ -23,7 +23,7 @@ from .presets import ArcADPreset, get_preset
 from .prototypes import MIN_PATCHES_PER_PROTOTYPE, SinkhornPrototypes, suggest_num_prototypes
 from .synthesis import HypersphereAnomalySynthesizer
 
-__all__ = ["ArcAD", "ArcADOutput", "ArcADScores", "noise_scale"]
+__all__ = ["ArcAD", "ArcADOutput", "ArcADScores", "noise_scale", "pseudo_anomaly_distance"]
 
 
 def noise_scale(sigma: float, dim: int, reference_dim: int | None) -> float:
@@ -45,6 +45,25 @@ def noise_scale(sigma: float, dim: int, reference_dim: int | None) -> float:
     if reference_dim is None:
         return float(sigma)
     return float(sigma) * math.sqrt(reference_dim / dim)
+
+
+def pseudo_anomaly_distance(sigma: float, dim: int) -> float:
+    """Typical distance ``1 - z . normalize(z + n)`` of an eq. 5 pseudo-anomaly from its unit anchor.
+
+    With ``n ~ N(0, sigma^2 I_D)``, ``|n|^2`` is about ``sigma^2 D`` and almost orthogonal to ``z``, so the cosine
+    is about ``1 / sqrt(1 + sigma^2 D)``: 0.028 at D = 256 and sigma = 0.015, 0.079 at the paper's D = 768. It is
+    the unit in which a discriminator with ``discriminator_distance=True`` reads distances.
+
+    Args:
+        sigma: the noise standard deviation actually used (after :func:`noise_scale`), > 0.
+        dim: the bottleneck's D.
+
+    Returns:
+        The distance, in (0, 1).
+    """
+    if not sigma > 0:
+        raise ValueError(f"the pseudo-anomalies' distance needs a noise scale > 0, got sigma={sigma!r}")
+    return 1.0 - 1.0 / math.sqrt(1.0 + float(sigma) ** 2 * dim)
 
 #: Warnings issued while checking the input point at the caller of ``arcad(...)``: the frames in between are the
 #: checking method, ``forward`` and nn.Module's two call wrappers.
@@ -149,6 +168,15 @@ class ArcAD(nn.Module):
             ``relu(max_k a . mu_k - m)``, so a real anomaly is pushed only until its cosine to the nearest prototype
             is down to ``m`` (``0`` is the released code's clamp; it cannot be combined with ``clamp_push``). An
             option of this library, not of the paper.
+        discriminator_distance: ``False`` (default, the paper: the discriminator reads ``z`` alone) or ``True``:
+            its logit also gets a learned non-negative multiple of the patch's distance to the nearest prototype,
+            ``f(z) + exp(rho) * (1 - max_k z . mu_k) / s``, with ``s`` the typical distance of a pseudo-anomaly
+            from its anchor (:func:`pseudo_anomaly_distance` at eq. 5's noise scale; ``rho`` starts at 0). In
+            training the pseudo-anomalies and the real anomalies lie farther from the prototypes than the normal
+            patches, so the term is learned; at inference it keeps a patch far from every prototype from scoring
+            lower than the normal patches for that reason alone, which is how an MLP on ``z`` can rank unseen
+            defects below normal patches when they fall outside the region it was trained on (docs/results.md,
+            question 2). Needs ``sigma > 0``. An option of this library, not of the paper.
         init_factor: the prototypes initialise from the first ``init_factor * K`` normal patches.
         seed: seed of the prototype initialisation.
     """
@@ -183,6 +211,7 @@ class ArcAD(nn.Module):
         sigma_reference_dim: int | None = None,
         sigma_max: float | None = None,
         push_margin: float | None = None,
+        discriminator_distance: bool = False,
         init_factor: float = 4.0,
         seed: int = 0,
     ) -> None:
@@ -256,6 +285,13 @@ class ArcAD(nn.Module):
                 "push_margin replaces the preset's clamp_push (a margin of 0); pass clamp_push=False with it"
             )
         self.calibration = DefectGuidedLoss(clamp_push=config.clamp_push, push_margin=push_margin)
+        if not isinstance(discriminator_distance, bool):
+            raise TypeError(f"discriminator_distance must be a bool, got {discriminator_distance!r}")
+        if discriminator_distance and not self.synthesizer.sigma > 0:
+            raise ValueError(
+                "discriminator_distance=True reads distances in units of the pseudo-anomalies' distance from their "
+                "anchors, which needs sigma > 0"
+            )
         self.discriminator = FocalDiscriminator(
             dim,
             hidden_dim,
@@ -263,6 +299,7 @@ class ArcAD(nn.Module):
             gamma=config.gamma,
             norm=config.discriminator_norm,
             weighting=config.cls_weighting,
+            distance_scale=pseudo_anomaly_distance(self.synthesizer.sigma, dim) if discriminator_distance else None,
         )
         if config.discriminator_init == "trunc_normal":
             trunc_normal_init_(self.discriminator)
@@ -382,7 +419,11 @@ class ArcAD(nn.Module):
         cls_input = torch.cat([z, synthetic])
         if self.detach_cls:  # the discriminator learns; the bottleneck gets no gradient from L_cls
             cls_input = cls_input.detach()
-        logits = self._discriminator_logits(cls_input, normal, w_normal, w_cls_real)
+        distance = None
+        if self.discriminator.reads_distance:
+            with torch.autocast(device_type=cls_input.device.type, enabled=False):
+                distance = 1 - (cls_input @ mu_cal.float().t()).amax(dim=-1)  # (2N,)
+        logits = self._discriminator_logits(cls_input, normal, w_normal, w_cls_real, distance)
         logits_z, logits_syn = logits.split(z.shape[0])
         focal = binary_focal_loss_with_logits(
             logits, torch.cat([target_real, torch.ones_like(w_normal)]), self.config.alpha, self.config.gamma,
@@ -433,8 +474,11 @@ class ArcAD(nn.Module):
             pool = self.synthesizer(mu, mu, generator=generator)
         return torch.cat([pool.sum(0), pool.new_full((1,), float(pool.shape[0]))])
 
-    def _discriminator_logits(self, x: Tensor, normal: Tensor, w_normal: Tensor, w_cls_real: Tensor) -> Tensor:
-        """Discriminator logits of ``[patches; pseudo-anomalies]`` (2N, D).
+    def _discriminator_logits(
+        self, x: Tensor, normal: Tensor, w_normal: Tensor, w_cls_real: Tensor, distance: Tensor | None
+    ) -> Tensor:
+        """Discriminator logits of ``[patches; pseudo-anomalies]`` (2N, D), with their (2N,) distances to the
+        nearest prototype when the discriminator reads them.
 
         ``"joint"``: one batch. ``"grouped"``: BatchNorm statistics per group, as the released code's three calls:
         the normal patches, their pseudo-anomalies, the real positives (every patch of a defective image with
@@ -442,11 +486,11 @@ class ArcAD(nn.Module):
         with weight 0 (their loss weight is 0 too).
         """
         if self.config.discriminator_batches == "joint":
-            return self.discriminator(x)
+            return self.discriminator(x, distance)
         patch_group = torch.where(normal, 0, 2)
         group = torch.cat([patch_group, torch.ones_like(patch_group)])
         weight = torch.cat([torch.where(normal, w_normal, w_cls_real), w_normal])
-        return discriminator_logits_by_group(self.discriminator, x, group, weight, num_groups=3)
+        return discriminator_logits_by_group(self.discriminator, x, group, weight, num_groups=3, distance=distance)
 
     def _stats_before_init(self, normal: Tensor, real: Tensor, finite: Tensor) -> dict[str, Tensor]:
         """:attr:`ArcADOutput.stats` while the prototypes are not initialised: the same keys, nothing measured."""
@@ -499,7 +543,8 @@ class ArcAD(nn.Module):
 
         Returns:
             :class:`ArcADScores` with (B, h, w) maps on the feature grid: prototype distance
-            ``1 - max_k z . mu_k`` and discriminator probability.
+            ``1 - max_k z . mu_k`` and discriminator probability (which, with ``discriminator_distance=True``,
+            reads that distance too).
         """
         if not self.prototypes.is_ready:
             raise RuntimeError(
@@ -513,7 +558,12 @@ class ArcAD(nn.Module):
         was_training = self.discriminator.training
         self.discriminator.eval()
         try:
-            probability = torch.sigmoid(self.discriminator(rearrange(z, "b n d -> (b n) d")).float())
+            reads = self.discriminator.reads_distance
+            probability = torch.sigmoid(
+                self.discriminator(
+                    rearrange(z, "b n d -> (b n) d"), rearrange(distance, "b n -> (b n)") if reads else None
+                ).float()
+            )
         finally:
             self.discriminator.train(was_training)
         return ArcADScores(

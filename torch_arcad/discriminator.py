@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 
@@ -39,6 +41,12 @@ class FocalDiscriminator(nn.Module):
             FL_real, each a mean) or ``"classes"`` (class-balanced: 0.5 FL_negatives + 0.5 FL_positives, the
             normal features against the synthetic and real anomalies pooled, each a mean; an option of this
             library, not of the paper).
+        distance_scale: ``None`` (default, the paper: the logit is the MLP's alone) or a positive distance ``s``:
+            the discriminator also reads each feature's distance ``d`` to the nearest prototype, and its logit is
+            ``f(x) + exp(rho) * d / s`` with ``rho`` a learned scalar (``log_distance_weight``, initialised to 0),
+            so the distance enters with a non-negative weight: moving away from every prototype never lowers the
+            logit through this term. :class:`~torch_arcad.ArcAD` sets ``s`` to the distance of a pseudo-anomaly
+            from its anchor (``discriminator_distance=True``). An option of this library, not of the paper.
     """
 
     def __init__(
@@ -50,12 +58,20 @@ class FocalDiscriminator(nn.Module):
         gamma: float = 2.0,
         norm: str = "none",
         weighting: str = "union",
+        distance_scale: float | None = None,
     ) -> None:
         super().__init__()
         check_choice("norm", norm, ("none", "batch"))
         check_choice("weighting", weighting, WEIGHTINGS)
         if dim < 1:
             raise ValueError(f"dim must be >= 1, got {dim}")
+        if distance_scale is not None and (
+            isinstance(distance_scale, bool)
+            or not isinstance(distance_scale, (int, float))
+            or not math.isfinite(distance_scale)
+            or distance_scale <= 0
+        ):
+            raise ValueError(f"distance_scale must be None or a finite number > 0, got {distance_scale!r}")
         hidden = hidden_dim if hidden_dim is not None else max(1, int(dim / _HIDDEN_RATIO))
         self.dim = dim
         self.alpha = alpha
@@ -66,15 +82,42 @@ class FocalDiscriminator(nn.Module):
             layers.append(nn.BatchNorm1d(hidden))
         layers += [nn.LeakyReLU(_NEGATIVE_SLOPE), nn.Linear(hidden, 1, bias=False)]
         self.net = nn.Sequential(*layers)
+        self.distance_scale = None if distance_scale is None else float(distance_scale)
+        if distance_scale is None:
+            self.register_parameter("log_distance_weight", None)
+        else:
+            self.log_distance_weight = nn.Parameter(torch.zeros(()))
+
+    @property
+    def reads_distance(self) -> bool:
+        """Whether the logit has the distance term (``distance_scale`` given): then every call needs ``distance``."""
+        return self.distance_scale is not None
 
     def extra_repr(self) -> str:
-        return f"alpha={self.alpha}, gamma={self.gamma}, weighting={self.weighting!r}"
+        text = f"alpha={self.alpha}, gamma={self.gamma}, weighting={self.weighting!r}"
+        return text if self.distance_scale is None else f"{text}, distance_scale={self.distance_scale:.4g}"
 
-    def forward(self, x: Tensor) -> Tensor:
+    def distance_logit(self, distance: Tensor) -> Tensor:
+        """The distance term ``exp(rho) * d / s`` of the logit.
+
+        Args:
+            distance: (N,) distances to the nearest prototype (``1 - max_k x . mu_k``).
+
+        Returns:
+            (N,) in the weight's dtype.
+        """
+        if self.distance_scale is None:
+            raise ValueError("this discriminator reads no distance: build it with distance_scale=...")
+        check_rank("distance", distance, 1, "(N,)")
+        return self.log_distance_weight.exp() * distance.to(self.log_distance_weight.dtype) / self.distance_scale
+
+    def forward(self, x: Tensor, distance: Tensor | None = None) -> Tensor:
         """One anomaly logit per row.
 
         Args:
             x: (N, D) features.
+            distance: (N,) distance of each row to the nearest prototype; required when the discriminator reads
+                it (``distance_scale`` given), refused otherwise.
 
         Returns:
             (N,) logits (positive = anomalous), in the weights' (or the autocast) dtype.
@@ -82,7 +125,20 @@ class FocalDiscriminator(nn.Module):
         check_rank("x", x, 2, "(N, D)")
         check_dim("x", x, 1, self.dim, "(N, D)")
         # The input follows the weights' dtype (e.g. after .half()); under autocast the layers cast anyway.
-        return self.net(x.to(self.net[0].weight.dtype)).squeeze(1)
+        logits = self.net(x.to(self.net[0].weight.dtype)).squeeze(1)
+        return self.add_distance(logits, distance)
+
+    def add_distance(self, logits: Tensor, distance: Tensor | None) -> Tensor:
+        """``logits`` (N,) plus the distance term when the discriminator reads it; checks ``distance`` (N,)."""
+        if self.distance_scale is None:
+            if distance is not None:
+                raise ValueError("this discriminator reads no distance (distance_scale=None); call it without one")
+            return logits
+        if distance is None:
+            raise ValueError("this discriminator reads the distance to the prototypes: pass distance, shape (N,)")
+        if distance.shape != logits.shape:
+            raise ValueError(f"distance must have shape (N,) = {tuple(logits.shape)}, got {tuple(distance.shape)}")
+        return logits + self.distance_logit(distance).to(logits.dtype)
 
     def loss_terms(
         self,
@@ -93,10 +149,12 @@ class FocalDiscriminator(nn.Module):
         normal_weight: Tensor | None = None,
         synthetic_weight: Tensor | None = None,
         anomaly_weight: Tensor | None = None,
+        distances: tuple[Tensor, Tensor, Tensor] | None = None,
     ) -> tuple[Tensor, Tensor]:
         """Per-group focal sums and counts, for callers that normalise globally (e.g. under DDP).
 
-        The three groups go through the MLP in one batch (one set of batch-norm statistics).
+        The three groups go through the MLP in one batch (one set of batch-norm statistics). ``distances``: the
+        (N,), (S,), (M,) distances of the three groups to the nearest prototype, when the discriminator reads them.
 
         Returns:
             ``(sums, counts)``, each (3,) float32: normal, synthetic, anomalies.
@@ -106,7 +164,8 @@ class FocalDiscriminator(nn.Module):
         for name, x in zip(("normal", "synthetic", "anomalies"), groups):
             check_rank(name, x, 2, "(N, D)")
             check_dim(name, x, 1, self.dim, "(N, D)")
-        logits = self(torch.cat(groups)).split([g.shape[0] for g in groups])
+        distance = None if distances is None else torch.cat(list(distances))
+        logits = self(torch.cat(groups), distance).split([g.shape[0] for g in groups])
         sums, counts = [], []
         for logit, target, weight in zip(logits, (0.0, 1.0, 1.0), weights):
             per_row = binary_focal_loss_with_logits(
@@ -139,6 +198,7 @@ class FocalDiscriminator(nn.Module):
         normal_weight: Tensor | None = None,
         synthetic_weight: Tensor | None = None,
         anomaly_weight: Tensor | None = None,
+        distances: tuple[Tensor, Tensor, Tensor] | None = None,
     ) -> Tensor:
         """Eq. 9: focal loss with label 0 for normal features and 1 for synthetic and real anomalies.
 
@@ -147,6 +207,8 @@ class FocalDiscriminator(nn.Module):
             synthetic: (S, D) pseudo-anomalies.
             anomalies: (M, D) real anomaly features (M may be 0).
             normal_weight, synthetic_weight, anomaly_weight: optional per-row weights (masks) of each group.
+            distances: the three groups' (N,), (S,), (M,) distances to the nearest prototype; required when the
+                discriminator reads them (``distance_scale``).
 
         Returns:
             Scalar float32 loss.
@@ -158,6 +220,7 @@ class FocalDiscriminator(nn.Module):
             normal_weight=normal_weight,
             synthetic_weight=synthetic_weight,
             anomaly_weight=anomaly_weight,
+            distances=distances,
         )
         term_sums, term_counts, coefficients = self.combine_groups(sums, counts)
         means = term_sums / term_counts.clamp_min(1)
