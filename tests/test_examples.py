@@ -407,7 +407,7 @@ def test_hold_out_defects_refuses_to_leave_no_training_defect() -> None:
         hold_out_defects(samples, -1, 0)
 
 
-def test_fusion_holdout_fits_the_weights_on_the_withheld_defects_only(cache: Path) -> None:
+def test_fusion_holdout_fits_the_weights_on_the_withheld_defects_only(cache: Path, monkeypatch) -> None:
     """The withheld defects never reach training, and the held-out fit equals an in-sample fit on a set made of the
     training normals and the withheld defects (the normals standardise, the defects choose the weights)."""
     from arcad_harness.data import ImageSet, hold_out_defects, load_images, prepare_data, train_samples
@@ -435,7 +435,18 @@ def test_fusion_holdout_fits_the_weights_on_the_withheld_defects_only(cache: Pat
         categories=[c for c, n in zip(train_set.categories, normal.tolist()) if n] + held.categories,
         paths=[p for p, n in zip(train_set.paths, normal.tolist()) if n] + held.paths,
     )
+    import arcad_harness.evaluation as evaluation
+
+    mapped = []  # how many images each map computation of the fit covers
+    original = evaluation.predict_maps
+    def counting(trained, images, *args):
+        mapped.append(len(images))
+        return original(trained, images, *args)
+
+    monkeypatch.setattr(evaluation, "predict_maps", counting)
     out_of_sample = fit_fusion(trained, train_set, cfg, held)
+    # a held-out fit maps the training normals and the withheld defects, never the defective training images
+    assert sum(mapped) == int(normal.sum()) + len(held)
     in_sample = fit_fusion(trained, combined, cfg)
     assert out_of_sample.held_out and not in_sample.held_out
     assert out_of_sample.fit_images == in_sample.fit_images == 2

@@ -137,13 +137,16 @@ def _weight_grid() -> list[tuple[float, float, float]]:
 
 
 @torch.no_grad()
-def _stride_maps(trained: TrainedModel, images: ImageSet, cfg: ExperimentConfig) -> dict[str, Tensor]:
-    """The :data:`ARCAD_KINDS` maps of every image of ``images``, subsampled by ``cfg.eval_stride``: kind ->
-    float32 (N, H / stride, W / stride) on the CPU."""
+def _stride_maps(
+    trained: TrainedModel, images: ImageSet, cfg: ExperimentConfig, index: Tensor | None = None
+) -> dict[str, Tensor]:
+    """The :data:`ARCAD_KINDS` maps of the images ``index`` (int64 (M,); default every image) of ``images``,
+    subsampled by ``cfg.eval_stride``: kind -> float32 (M, H / stride, W / stride) on the CPU."""
     stride = cfg.eval_stride or 1
     collected: dict[str, list[Tensor]] = {kind: [] for kind in ARCAD_KINDS}
     store = get_store(cfg.feature_cache)
-    for chunk in torch.arange(len(images)).split(cfg.batch_size):
+    index = torch.arange(len(images)) if index is None else index
+    for chunk in index.split(cfg.batch_size):
         batch = with_features(images.batch(chunk, cfg.device), trained.setup.model, store, cfg.image_size)
         maps = predict_maps(trained, batch.images, batch.features)
         for kind in ARCAD_KINDS:
@@ -168,12 +171,15 @@ def fit_fusion(
         The :class:`Fusion`; deterministic for given maps.
     """
     stride = cfg.eval_stride or 1
-    train_maps = _stride_maps(trained, train_set, cfg)
     normal = train_set.labels == 0
-    mean = {kind: float(train_maps[kind][normal].mean()) for kind in ARCAD_KINDS}
-    std = {kind: max(float(train_maps[kind][normal].std()), STD_FLOOR) for kind in ARCAD_KINDS}
-    fit_set = train_set if held_out is None else held_out
-    fit_maps = train_maps if held_out is None else _stride_maps(trained, held_out, cfg)
+    if held_out is None:  # the training images' maps serve both the standardisation and the fit
+        fit_set, fit_maps = train_set, _stride_maps(trained, train_set, cfg)
+        normal_maps = {kind: maps[normal] for kind, maps in fit_maps.items()}
+    else:  # the defective training images play no part: only the normals' maps are computed
+        fit_set, fit_maps = held_out, _stride_maps(trained, held_out, cfg)
+        normal_maps = _stride_maps(trained, train_set, cfg, normal.nonzero().squeeze(1))
+    mean = {kind: float(normal_maps[kind].mean()) for kind in ARCAD_KINDS}
+    std = {kind: max(float(normal_maps[kind].std()), STD_FLOOR) for kind in ARCAD_KINDS}
     masks = fit_set.masks[:, ::stride, ::stride]
     defective = (fit_set.labels == 1) & masks.flatten(1).any(dim=1)
     recon_only = {"recon": 1.0, "prototype": 0.0, "discriminator": 0.0}
