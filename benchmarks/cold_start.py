@@ -762,14 +762,14 @@ def _diagnostics_lines(entries: Sequence[Mapping[str, Any]]) -> str:
         "discriminator on normal (n), synthetic (s) and real anomalous (r) patches. Prototypes: used at least once / "
         "K, effective number exp(entropy) of the usage over all steps, largest share.",
         "",
-        "| category | baseline | seed | spm | dgc | cls | recon | anomalous patches | disc. accuracy n / s / r "
+        "| category | baseline | arm | seed | spm | dgc | cls | recon | anomalous patches | disc. accuracy n / s / r "
         "| prototypes used | effective | max share |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for e in entries:
         s = e["summary"]
         terms = s.get("terms", {})
-        cells = [e["category"], e["baseline"], str(e["seed"])]
+        cells = [e["category"], e["baseline"], e["arm"], str(e["seed"])]
         for key in ("loss_spm", "loss_dgc", "loss_cls", "loss_recon"):
             t = terms.get(key)
             cells.append(f"{t['first']:.3g} → {t['last']:.3g}" if t else "n/a")

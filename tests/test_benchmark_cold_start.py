@@ -116,6 +116,10 @@ def test_summary_states_configuration_machine_and_diagnostics(quick_run: Path) -
         assert 0 < entry["summary"]["max_share"] <= 1
     text = (quick_run / "summary.md").read_text()
     assert "image_size" in text and "machine" in text and "diagnostics" in text
+    # one row per +ArcAD run, each naming its arm (several arms share a category, baseline and seed)
+    rows = [line for line in (quick_run / "diagnostics.md").read_text().splitlines() if line.startswith("| ")][1:]
+    assert len(rows) == len(diag)
+    assert sorted(row.split(" | ")[2] for row in rows) == sorted(entry["arm"] for entry in diag)
 
 
 def test_resuming_skips_existing_runs(quick_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
