@@ -439,6 +439,7 @@ def test_fusion_holdout_fits_the_weights_on_the_withheld_defects_only(cache: Pat
 
     mapped = []  # how many images each map computation of the fit covers
     original = evaluation.predict_maps
+
     def counting(trained, images, *args):
         mapped.append(len(images))
         return original(trained, images, *args)
