@@ -569,6 +569,11 @@ def test_discriminator_distance_cls_matches_a_transcription():
     )
     y = torch.cat([torch.zeros(3 * GRID * GRID), torch.ones(len(rows) - 3 * GRID * GRID)])
     torch.testing.assert_close(out.cls, focal(logits, y).mean(), atol=1e-5, rtol=0)
+    # the patches' distances come from the step's similarities when it has them, computed afresh otherwise
+    flat, pseudo = z.reshape(-1, DIM), captured[0]
+    fresh = model._cls_distance(flat, pseudo, mu, None)
+    torch.testing.assert_close(model._cls_distance(flat, pseudo, mu, flat @ mu.t()), fresh)
+    torch.testing.assert_close(fresh, 1 - (torch.cat([flat, pseudo]) @ mu.t()).amax(dim=1))
 
 
 @pytest.mark.parametrize("preset", ["paper", "official"])
@@ -583,6 +588,12 @@ def test_discriminator_distance_trains_its_weight_and_the_bottleneck(preset):
     assert features.grad.abs().sum() > 0
     assert "discriminator.log_distance_weight" in model.state_dict()
     assert "discriminator.log_distance_weight" not in ArcAD(DIM, K, preset=preset).state_dict()
+    # with detach_cls the distance term, too, sends L_cls nothing into the bottleneck
+    detached = distance_ready(preset, detach_cls=True)
+    features, masks = make_batch()
+    out = detached(features, masks=masks)
+    (grad,) = torch.autograd.grad(out.cls, features, allow_unused=True)
+    assert grad is None or not grad.any()
 
 
 def test_discriminator_distance_is_checked_and_leaves_the_presets_alone():

@@ -62,7 +62,10 @@ def pseudo_anomaly_distance(sigma: float, dim: int) -> float:
         The distance, in (0, 1).
     """
     if not sigma > 0:
-        raise ValueError(f"the pseudo-anomalies' distance needs a noise scale > 0, got sigma={sigma!r}")
+        raise ValueError(
+            f"the pseudo-anomalies' distance from their anchors (the unit of discriminator_distance=True) needs "
+            f"sigma > 0, got {sigma!r}"
+        )
     return 1.0 - 1.0 / math.sqrt(1.0 + float(sigma) ** 2 * dim)
 
 #: Warnings issued while checking the input point at the caller of ``arcad(...)``: the frames in between are the
@@ -287,11 +290,6 @@ class ArcAD(nn.Module):
         self.calibration = DefectGuidedLoss(clamp_push=config.clamp_push, push_margin=push_margin)
         if not isinstance(discriminator_distance, bool):
             raise TypeError(f"discriminator_distance must be a bool, got {discriminator_distance!r}")
-        if discriminator_distance and not self.synthesizer.sigma > 0:
-            raise ValueError(
-                "discriminator_distance=True reads distances in units of the pseudo-anomalies' distance from their "
-                "anchors, which needs sigma > 0"
-            )
         self.discriminator = FocalDiscriminator(
             dim,
             hidden_dim,
@@ -421,8 +419,7 @@ class ArcAD(nn.Module):
             cls_input = cls_input.detach()
         distance = None
         if self.discriminator.reads_distance:
-            with torch.autocast(device_type=cls_input.device.type, enabled=False):
-                distance = 1 - (cls_input @ mu_cal.float().t()).amax(dim=-1)  # (2N,)
+            distance = self._cls_distance(z, synthetic, mu_cal, push_similarities)
         logits = self._discriminator_logits(cls_input, normal, w_normal, w_cls_real, distance)
         logits_z, logits_syn = logits.split(z.shape[0])
         focal = binary_focal_loss_with_logits(
@@ -473,6 +470,18 @@ class ArcAD(nn.Module):
         with torch.no_grad():
             pool = self.synthesizer(mu, mu, generator=generator)
         return torch.cat([pool.sum(0), pool.new_full((1,), float(pool.shape[0]))])
+
+    def _cls_distance(self, z: Tensor, synthetic: Tensor, mu: Tensor, similarities: Tensor | None) -> Tensor:
+        """(2N,) distances ``1 - max_k x . mu_k`` of ``[patches; pseudo-anomalies]``, float32: the patches' reuse the
+        step's (N, K) similarities to ``mu`` when there are some (eq. 4's matmul), so only the pseudo-anomalies'
+        are computed. Detached with ``detach_cls``, like the rows the discriminator reads."""
+        with torch.autocast(device_type=z.device.type, enabled=False):
+            if similarities is None:
+                similarities = z.float() @ mu.float().t()
+            distance = 1 - torch.cat(
+                [similarities.amax(dim=-1), (synthetic.float() @ mu.float().t()).amax(dim=-1)]
+            )
+        return distance.detach() if self.detach_cls else distance
 
     def _discriminator_logits(
         self, x: Tensor, normal: Tensor, w_normal: Tensor, w_cls_real: Tensor, distance: Tensor | None
