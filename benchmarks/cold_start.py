@@ -21,7 +21,10 @@ Runs go baseline by baseline (in the order given), then seed, then category, so 
 complete pairs for the first baselines. Each run is stored as ``OUT/runs/<category>/<baseline>/<arm>/seed<s>.json``
 (metrics, wall times, the harness's resolved configuration and diagnostics). A run whose file exists is skipped,
 so an interrupted benchmark continues where it stopped when started again; a file written with different settings
-is an error, not reused.
+is an error, not reused. ``--resume-every N`` also resumes a run stopped in the middle: every ``N`` steps its
+training state is written to ``OUT/snapshots/<category>/<baseline>/<arm>/seed<s>/`` (see
+``arcad_harness.snapshots``), the run started again continues from there with the result of an uninterrupted one,
+and the snapshot is removed when the run is stored.
 
 ``--stored DIR`` adds read-only folders of runs in the same layout: a run found there is not run again and enters
 the tables. ``--export DIR`` writes every run of the tables there in compact form (the per-step history replaced
@@ -189,7 +192,7 @@ RUN_FORMAT_VERSION: int = 1
 #: Harness fields set per run or without effect on the results; they are not part of the shared settings.
 PER_RUN_FIELDS: tuple[str, ...] = (
     "baseline", "arcad", "categories", "seed", "split_seed", "split_path", "output_dir", "figures", "data_root",
-    "verbose", "score", "synthetic", "arcad_options", "fusion_holdout",
+    "verbose", "score", "synthetic", "arcad_options", "fusion_holdout", "resume_dir", "resume_every",
 )
 #: Windows of the training history averaged for the "first" and "last" values of the diagnostics.
 FIRST_WINDOW: float = 0.05
@@ -357,11 +360,20 @@ def make_config(
     return harness.ExperimentConfig(**{k: v for k, v in values.items() if k in known})
 
 
+def snapshot_dir(output: Path, category: str, baseline: str, arm: str, seed: int) -> Path:
+    """Where a run's training snapshots go with ``--resume-every``: ``output/snapshots/<category>/<baseline>/<arm>/
+    seed<seed>``."""
+    return output / "snapshots" / category / baseline / arm / f"seed{seed}"
+
+
 def _run_one(
-    settings: Mapping[str, Any], *, baseline: str, arm: str, category: str, seed: int, split_path: Path
+    settings: Mapping[str, Any], *, baseline: str, arm: str, category: str, seed: int, split_path: Path,
+    snapshots: Path | None = None, resume_every: int = 0,
 ) -> dict[str, Any]:
     harness = _harness()
     cfg = make_config(settings, baseline=baseline, arm=arm, category=category, seed=seed, split_path=split_path)
+    if snapshots is not None and resume_every > 0:  # not a setting: it does not change the result
+        cfg = dataclasses.replace(cfg, resume_dir=str(snapshots), resume_every=resume_every)
     start = time.perf_counter()
     result = harness.run_experiment(cfg)
     wall = time.perf_counter() - start
@@ -410,7 +422,7 @@ def compact_record(record: Mapping[str, Any]) -> dict[str, Any]:
         out["settings"] = {**record["settings"], "data_root": Path(str(record["settings"]["data_root"])).name}
     if isinstance(record.get("harness_config"), Mapping):
         config = dict(record["harness_config"])
-        for key in ("data_root", "split_path", "output_dir"):
+        for key in ("data_root", "split_path", "output_dir", "resume_dir"):
             if config.get(key) is not None:
                 config[key] = Path(str(config[key])).name
         out["harness_config"] = config
@@ -835,6 +847,7 @@ def run_benchmark(
     arms: Sequence[str] = DEFAULT_ARMS,
     stored: Sequence[Path] = (),
     export: Path | None = None,
+    resume_every: int = 0,
 ) -> dict[str, Any]:
     """Run (or resume) every category x baseline x arm x seed and write the tables.
 
@@ -850,6 +863,8 @@ def run_benchmark(
         stored: read-only folders of runs (``DIR/runs/...``, full or compact); a run found there is not run again.
             Their settings must equal these, except :data:`STORED_IGNORED`.
         export: when given, every run of the tables is written there in compact form (:func:`compact_record`).
+        resume_every: with ``N > 0``, each run writes its training state every ``N`` steps under
+            :func:`snapshot_dir` and a run stopped in the middle continues from it; 0 writes none.
 
     Returns:
         The summary (also written to ``output/summary.json``): ``config``, ``machine``, ``tables``,
@@ -880,7 +895,8 @@ def run_benchmark(
                         log(f"[run ] {category} {baseline} {arm} seed {seed} ...")
                         record = _run_one(
                             settings, baseline=baseline, arm=arm, category=category, seed=seed,
-                            split_path=splits[seed],
+                            split_path=splits[seed], snapshots=snapshot_dir(output, category, baseline, arm, seed),
+                            resume_every=resume_every,
                         )
                         _write_json(path, record)
                         recon = record["scores"].get(BASELINE_KIND, {})
@@ -1011,6 +1027,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="read-only folders of runs (e.g. benchmarks/results/bench256): runs found there are reused")
     p.add_argument("--export", type=Path, default=None, metavar="DIR",
                    help="write every run of the tables to DIR/runs in compact form (metrics and settings only)")
+    p.add_argument("--resume-every", type=int, default=0, metavar="N",
+                   help="write each run's training state every N steps, so that a run stopped in the middle "
+                   "continues from there when the benchmark is started again (default: 0, none)")
     p.add_argument("--quick", action="store_true", help="tiny run for tests: synthetic data, a few steps, tiny images")
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--image-size", type=int, default=None)
@@ -1034,6 +1053,8 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line entry point; returns the exit status."""
     args = _parser().parse_args(argv)
+    if args.resume_every < 0:
+        raise SystemExit(f"--resume-every must be >= 0, got {args.resume_every}")
     if args.threads is not None:
         if args.threads < 1:
             raise SystemExit(f"--threads must be >= 1, got {args.threads}")
@@ -1081,7 +1102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     summary = run_benchmark(
         args.output, data_root=Path(data_root), categories=categories, baselines=args.baselines, seeds=args.seeds,
         settings=settings, command=command, tables_only=args.tables_only, arms=args.arms, stored=args.stored,
-        export=args.export,
+        export=args.export, resume_every=args.resume_every,
     )
     print(f"wrote {args.output / 'summary.md'} ({len(summary['tables'])} tables)")
     return 0

@@ -132,6 +132,52 @@ def test_resuming_skips_existing_runs(quick_run: Path, capsys: pytest.CaptureFix
     assert out.count("[skip]") == len(files) and "[run ]" not in out
 
 
+def test_a_run_stopped_in_the_middle_resumes_from_its_snapshot(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With --resume-every 1, a run stopped in its second step continues after its first when the benchmark is
+    started again, and stores the record of an uninterrupted run; the snapshot is gone afterwards and is not a
+    setting (stored runs without it stay valid)."""
+    harness = cold_start._harness()
+    example = harness.load_example("rd4ad")
+    args = ["--quick", "--seeds", "0", "--baselines", "rd4ad", "--arms", "arcad", "--steps", "3"]
+    assert _main([*args, "--output", str(tmp_path / "uninterrupted")]) == 0
+    reference = json.loads(cold_start.run_file(tmp_path / "uninterrupted", "grid", "rd4ad", "arcad", 0).read_text())
+
+    out = tmp_path / "stopped"
+    original, calls = example.train_step, []
+
+    def stopping(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return original(*a, **k)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(example, "train_step", stopping)
+        with pytest.raises(KeyboardInterrupt):
+            _main([*args, "--output", str(out), "--resume-every", "1"])
+    snapshot = cold_start.snapshot_dir(out, "grid", "rd4ad", "arcad", 0) / "rd4ad-arcad-grid.pt"
+    assert torch.load(snapshot, weights_only=True)["step"] == 1
+    assert not cold_start.run_file(out, "grid", "rd4ad", "arcad", 0).exists()
+    capsys.readouterr()
+
+    assert _main([*args, "--output", str(out), "--resume-every", "1"]) == 0
+    assert "after step 1/3" in capsys.readouterr().out
+    record = json.loads(cold_start.run_file(out, "grid", "rd4ad", "arcad", 0).read_text())
+    assert record["scores"] == reference["scores"]
+    assert record["fusion"] == reference["fusion"]
+    assert [r["loss"] for r in record["diagnostics"]["grid"]["history"]] == [
+        r["loss"] for r in reference["diagnostics"]["grid"]["history"]
+    ]
+    assert not snapshot.exists()
+    assert not {"resume_dir", "resume_every"} & set(record["settings"])
+    assert record["harness_config"]["resume_every"] == 1
+    assert cold_start.compact_record(record)["harness_config"]["resume_dir"] == "seed0"
+    with pytest.raises(SystemExit, match="--resume-every must be >= 0"):
+        _main([*args, "--output", str(out), "--resume-every", "-1"])
+
+
 def test_tables_only_rewrites_the_tables_without_running(
     quick_run: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -7,7 +7,15 @@ import dataclasses
 import sys
 from collections.abc import Sequence
 
-from .config import BASELINES, ENCODERS, PROTOTYPE_INITS, SCORE_KINDS, SETTINGS, ExperimentConfig
+from .config import (
+    BASELINES,
+    DEFAULT_RESUME_EVERY,
+    ENCODERS,
+    PROTOTYPE_INITS,
+    SCORE_KINDS,
+    SETTINGS,
+    ExperimentConfig,
+)
 
 __all__ = ["TINY", "build_parser", "config_from_args", "main", "tiny_config"]
 
@@ -78,6 +86,11 @@ def build_parser(baseline: str | None = None) -> argparse.ArgumentParser:
     model.add_argument("--device", default="cpu")
     model.add_argument("--feature-cache", default="memory", metavar="memory|off|disk:DIR",
                        help="keep each image's frozen-encoder features, computed once (default: %(default)s)")
+    model.add_argument("--resume-dir", default=None, metavar="DIR",
+                       help="write the training state there every --resume-every steps and continue from it when "
+                       "the run is started again (default: no snapshots)")
+    model.add_argument("--resume-every", type=int, default=DEFAULT_RESUME_EVERY, metavar="N",
+                       help="steps between snapshots with --resume-dir (default: %(default)s)")
     arcad = parser.add_argument_group("ArcAD")
     arcad.add_argument("--num-prototypes", type=int, default=None, help="K (default: patches per batch / 25, 64..500)")
     arcad.add_argument("--lambdas", nargs=3, type=float, default=(0.1, 0.1, 0.1), metavar=("SPM", "DGC", "CLS"))
@@ -131,6 +144,8 @@ def config_from_args(args: argparse.Namespace, baseline: str | None = None) -> E
         eval_stride=args.eval_stride,
         score=args.score,
         fusion_holdout=args.fusion_holdout,
+        resume_dir=args.resume_dir,
+        resume_every=args.resume_every,
         verbose=not args.quiet,
     )
     return tiny_config(cfg) if args.tiny else cfg

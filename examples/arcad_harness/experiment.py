@@ -14,6 +14,7 @@ from .data import category_test_samples, hold_out_defects, load_images, prepare_
 from .detector import load_example
 from .evaluation import Fusion, evaluate_category, fit_fusion
 from .report import comparison_table, mean_metrics, results_markdown, results_table, write_json, write_text
+from .snapshots import remove_snapshot, snapshot_path
 from .training import format_duration, train_model
 
 __all__ = ["run_comparison", "run_experiment"]
@@ -74,6 +75,7 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
     overlays: dict[str, list[dict[str, Any]]] = {}
     train_time = eval_time = load_time = 0.0
     prototypes_used_k = None
+    snapshots: list[Path | None] = []  # removed once the results are computed
     for group in groups:
         name = group[0] if cfg.setting == "single" else MULTI_MODEL
         start = time.perf_counter()
@@ -106,6 +108,7 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
             )
         eval_time += time.perf_counter() - start
         del trained, train_set, held_out
+        snapshots.append(snapshot_path(cfg, name))
 
     score_kinds = list(next(iter(categories.values())))
     resolved = cfg.to_dict()
@@ -139,6 +142,8 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
         write_text(output / RESULTS_MD, results_markdown(result))
         figures = f" and {output / FIGURES_DIR}" if want_figures else ""
         log(f"wrote {output / RESULTS_JSON}, {output / RESULTS_MD}{figures}")
+    for path in snapshots:
+        remove_snapshot(path)
     return result
 
 

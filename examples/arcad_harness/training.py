@@ -15,6 +15,7 @@ from .config import ExperimentConfig
 from .data import ImageSet, RandomBatches
 from .cache import get_store
 from .detector import Setup, StepOutput, init_prototypes_from_features, with_features
+from .snapshots import load_snapshot, restore_snapshot, save_snapshot, snapshot_path, training_fingerprint
 
 __all__ = ["TrainedModel", "format_duration", "train_model"]
 
@@ -145,11 +146,21 @@ def train_model(
     )
     start = time.perf_counter()  # the training time includes the prototype initialisation and feature caching
     store = get_store(cfg.feature_cache)
+    snapshot_file = snapshot_path(cfg, name)
+    fingerprint = training_fingerprint(cfg, len(train_set), int(train_set.labels.sum()))
+    snapshot = load_snapshot(snapshot_file, fingerprint, cfg.steps) if snapshot_file is not None else None
+    normal = torch.nonzero(train_set.labels == 0).flatten()
     if arcad is not None:
         k = arcad.prototypes.num_prototypes
         diagnostics.update(num_prototypes=k, prototype_init=cfg.prototype_init, initialized_step=None)
+    if snapshot is not None:
+        # The first process cached the normal images' features in these chunks (offline initialisation) and the
+        # rest in the order of the batches; the same order gives the same values (see arcad_harness.snapshots).
+        if arcad is not None and cfg.prototype_init == "offline":
+            for i in normal.split(cfg.batch_size):
+                with_features(train_set.batch(i, device), model, store, cfg.image_size)
+    elif arcad is not None:
         if cfg.prototype_init == "offline":
-            normal = torch.nonzero(train_set.labels == 0).flatten()
             batches = [
                 with_features(train_set.batch(i, device), model, store, cfg.image_size)
                 for i in normal.split(cfg.batch_size)
@@ -166,11 +177,20 @@ def train_model(
 
     usage_total = torch.zeros(arcad.prototypes.num_prototypes, dtype=torch.float64) if arcad is not None else None
     batches_iter = RandomBatches(len(train_set), cfg.batch_size, cfg.seed)
+    first_step, time_before = 1, 0.0
+    if snapshot is not None:
+        first_step, time_before = snapshot["step"] + 1, snapshot["train_time_s"]
+        for _ in range(snapshot["step"]):  # the batches already trained on: the batch order and the feature cache
+            with_features(train_set.batch(next(batches_iter), device), model, store, cfg.image_size)
+        restore_snapshot(snapshot, setup, device)  # last: it sets the random generators
+        diagnostics = snapshot["diagnostics"]
+        usage_total = snapshot["usage_total"]
+        log(f"{prefix} resumed from {snapshot_file} after step {snapshot['step']}/{cfg.steps}")
     model.train()
     if arcad is not None:
         arcad.train()
     window_start, window_steps = time.perf_counter(), 0
-    for step in range(1, cfg.steps + 1):
+    for step in range(first_step, cfg.steps + 1):
         batch = with_features(train_set.batch(next(batches_iter), device), model, store, cfg.image_size)
         out = example.train_step(model, arcad, optimizer, batch, (step - 1) / cfg.steps)
         record, usage = _step_record(step, out, patches_per_step)
@@ -185,9 +205,14 @@ def train_model(
         if cfg.log_every and (step % cfg.log_every == 0 or step == cfg.steps):
             now = time.perf_counter()
             rate = window_steps / max(now - window_start, MIN_SECONDS)
-            log(_progress_line(prefix, record, cfg.steps, rate, now - start))
+            log(_progress_line(prefix, record, cfg.steps, rate, time_before + now - start))
             window_start, window_steps = now, 0
-    train_time = time.perf_counter() - start
+        if snapshot_file is not None and (step % cfg.resume_every == 0 or step == cfg.steps):
+            if arcad is None or arcad.initialized:  # no snapshot while the online initialisation collects features
+                save_snapshot(snapshot_file, step=step, setup=setup, fingerprint=fingerprint, diagnostics=diagnostics,
+                              usage_total=usage_total, train_time_s=time_before + time.perf_counter() - start,
+                              device=device)
+    train_time = time_before + time.perf_counter() - start
     if usage_total is not None:
         diagnostics["prototype_usage"] = [int(round(v)) for v in usage_total.tolist()]
         used = int((usage_total > 0).sum())
