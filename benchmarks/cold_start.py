@@ -377,6 +377,11 @@ def _run_one(
     start = time.perf_counter()
     result = harness.run_experiment(cfg)
     wall = time.perf_counter() - start
+    if snapshots is not None:  # the harness removed the snapshot file; its empty folders go too
+        for folder in (snapshots, *snapshots.parents):
+            if folder.name == "snapshots" or not folder.is_dir() or any(folder.iterdir()):
+                break
+            folder.rmdir()
     scores = result["categories"][category]
     return {
         "format_version": RUN_FORMAT_VERSION,

@@ -170,7 +170,9 @@ def test_a_run_stopped_in_the_middle_resumes_from_its_snapshot(
     assert [r["loss"] for r in record["diagnostics"]["grid"]["history"]] == [
         r["loss"] for r in reference["diagnostics"]["grid"]["history"]
     ]
-    assert not snapshot.exists()
+    assert not snapshot.exists() and list((out / "snapshots").iterdir()) == []  # no empty folders left either
+    assert record["diagnostics"]["grid"]["resumed_after_step"] == 1
+    assert "resumed_after_step" not in reference["diagnostics"]["grid"]
     assert not {"resume_dir", "resume_every"} & set(record["settings"])
     assert record["harness_config"]["resume_every"] == 1
     assert cold_start.compact_record(record)["harness_config"]["resume_dir"] == "seed0"

@@ -114,6 +114,10 @@ def train_model(
     the step had real anomalous patches). ``diagnostics["prototype_usage"]`` sums
     ``stats["prototype_usage"]`` (normal patches nearest to each prototype) over all steps.
 
+    With ``cfg.resume_dir`` the training state is written there every ``cfg.resume_every`` steps, and a snapshot
+    of the same training configuration found there is continued (:mod:`arcad_harness.snapshots`);
+    ``diagnostics["resumed_after_step"]`` then names its step, and the training time adds both processes' times.
+
     Args:
         example: the example module (``build``, ``train_step``).
         cfg: resolved configuration (``steps``, ``image_size`` set).
@@ -184,6 +188,7 @@ def train_model(
             with_features(train_set.batch(next(batches_iter), device), model, store, cfg.image_size)
         restore_snapshot(snapshot, setup, device)  # last: it sets the random generators
         diagnostics = snapshot["diagnostics"]
+        diagnostics["resumed_after_step"] = snapshot["step"]  # the wall time of this process covers the rest only
         usage_total = snapshot["usage_total"]
         log(f"{prefix} resumed from {snapshot_file} after step {snapshot['step']}/{cfg.steps}")
     model.train()
