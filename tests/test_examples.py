@@ -308,6 +308,12 @@ def test_a_snapshot_of_another_training_run_is_refused(
         harness.run_experiment(dataclasses.replace(cfg, lr=1e-3))
     with pytest.raises(ValueError, match=r"steps: snapshot 4, now 6"):
         harness.run_experiment(dataclasses.replace(cfg, steps=6))
+    import torch_arcad
+
+    with monkeypatch.context() as patch:  # another release of the library may compute another step
+        patch.setattr(torch_arcad, "__version__", "99.0")
+        with pytest.raises(ValueError, match=r"torch_arcad: snapshot '.+', now '99.0'"):
+            harness.run_experiment(cfg)
     # fields that do not change training may differ: the run resumes and finishes
     result = harness.run_experiment(dataclasses.replace(cfg, log_every=0, eval_stride=2, score="fused"))
     assert [r["step"] for r in result["diagnostics"]["grid"]["history"]] == [1, 2, 3, 4]

@@ -26,6 +26,8 @@ from typing import Any
 
 import torch
 
+import torch_arcad
+
 from .config import ExperimentConfig
 from .detector import Setup
 
@@ -59,11 +61,14 @@ def snapshot_path(cfg: ExperimentConfig, name: str) -> Path | None:
 
 
 def training_fingerprint(cfg: ExperimentConfig, train_images: int, train_defective: int) -> dict[str, Any]:
-    """What a snapshot must agree on to be resumed: the configuration without :data:`NON_TRAINING_FIELDS`, and the
-    training set's size (a changed data folder or split shows there)."""
+    """What a snapshot must agree on to be resumed: the configuration without :data:`NON_TRAINING_FIELDS`, the
+    training set's size (a changed data folder or split shows there) and the versions of torch and torch-arcad
+    (either may change the numbers of a step)."""
     fields = {k: v for k, v in cfg.to_dict().items() if k not in NON_TRAINING_FIELDS}
     fields["train_images"] = int(train_images)
     fields["train_defective"] = int(train_defective)
+    fields["torch"] = str(torch.__version__)  # a str subclass that weights_only loading refuses
+    fields["torch_arcad"] = str(torch_arcad.__version__)
     return fields
 
 
