@@ -3,12 +3,14 @@
 Usage::
 
     python benchmarks/feature_cache.py [--baselines rd4ad dinomaly recontrast] [--image-size 256] [--steps 10] \\
-        [--batch-size 16] [--no-arcad] [--threads 1] [--out results.json]
+        [--batch-size 16] [--no-arcad] [--threads 1] [--snapshots] [--out results.json]
 
 Each baseline's training step (its ``train_step``, with ArcAD unless ``--no-arcad``) runs on a batch of random
 images of a 64-image training set (8 of them defective with a square mask), once with the encoder at every step and
 once with its features from :mod:`arcad_harness.cache` (computed before timing, as a run does in its first pass).
 The mean over ``--steps`` timed steps after one warm-up step is reported, with the load average of the machine.
+``--snapshots`` also writes each model's training state after one cached step, as ``--resume-dir`` does every
+``--resume-every`` steps (:mod:`arcad_harness.snapshots`), and reports its size and the seconds the write took.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import json
 import os
 import platform
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -83,6 +86,44 @@ def time_steps(baseline: str, image_size: int, batch_size: int, steps: int, arca
     return (time.perf_counter() - start) / steps
 
 
+def snapshot_cost(baseline: str, image_size: int, batch_size: int, arcad: bool) -> dict[str, float]:
+    """Bytes and seconds of writing one model's training snapshot after one training step (Adam's state exists).
+
+    Returns:
+        ``{"bytes", "seconds", "parameter_bytes", "moment_bytes"}``: the file size, the time of
+        :func:`arcad_harness.snapshots.save_snapshot`, the bytes of the model's (and ArcAD's) parameters and buffers,
+        and of Adam's two moments of the trainable parameters.
+    """
+    harness = _harness()
+    from arcad_harness.snapshots import save_snapshot
+
+    cfg = harness.resolve_config(
+        harness.ExperimentConfig(baseline=baseline, image_size=image_size, batch_size=batch_size, arcad=arcad),
+        synthetic=False,
+    )
+    example = harness.load_example(baseline)
+    torch.manual_seed(0)
+    setup = example.build(cfg)
+    model, optimizer, module = setup
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if module is not None:
+        trainable += list(module.parameters())
+    for parameter in trainable:  # one optimiser step creates Adam's moments, as after a real step
+        parameter.grad = torch.zeros_like(parameter)
+    optimizer.step()
+    tensors = list(model.state_dict().values()) + (list(module.state_dict().values()) if module is not None else [])
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "snapshot.pt"
+        start = time.perf_counter()
+        save_snapshot(path, step=1, setup=setup, fingerprint={}, diagnostics={"history": []}, usage_total=None,
+                      train_time_s=0.0, device=torch.device("cpu"))
+        seconds = time.perf_counter() - start
+        size = path.stat().st_size
+    return {"bytes": float(size), "seconds": seconds,
+            "parameter_bytes": float(sum(t.numel() * t.element_size() for t in tensors)),
+            "moment_bytes": float(2 * sum(p.numel() * p.element_size() for p in trainable))}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--baselines", nargs="+", default=["rd4ad", "dinomaly", "recontrast"])
@@ -91,6 +132,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--no-arcad", action="store_true")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--snapshots", action="store_true", help="also measure writing a training snapshot")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     if args.threads is not None:
@@ -104,6 +146,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                      "load_average": [load, os.getloadavg()[0]]})
         print(f"{baseline}: {plain:.3f} s/step uncached, {cached:.3f} s/step cached ({plain / cached:.2f}x); "
               f"load average {load:.1f} -> {os.getloadavg()[0]:.1f}", flush=True)
+        if args.snapshots:
+            cost = snapshot_cost(baseline, args.image_size, args.batch_size, not args.no_arcad)
+            rows[-1]["snapshot"] = cost
+            print(f"{baseline}: training snapshot {cost['bytes'] / 1e6:.1f} MB written in {cost['seconds']:.2f} s "
+                  f"({cost['seconds'] / cached:.1%} of a cached step)", flush=True)
     if args.out is not None:
         info = {"machine": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                 "torch": torch.__version__, "threads": torch.get_num_threads(), "image_size": args.image_size,

@@ -66,8 +66,8 @@ PATCHES_PER_PROTOTYPE: int = 25
 MIN_PROTOTYPES: int = 64
 MAX_PROTOTYPES: int = 500
 #: Steps between training snapshots when ``resume_dir`` is set. A ReContrast step at 256 px takes 6-7 s on one thread
-#: of a shared 2-core CPU (docs/results.md), so a stopped run loses at most about 6 minutes; its snapshot (80.5 MB
-#: with EfficientNet-Lite0; RD4AD 24 MB) is written in under a second there.
+#: of a shared 2-core CPU (docs/results.md), so a stopped run loses at most about 6 minutes; its snapshot (80.7 MB
+#: with EfficientNet-Lite0, written in under a second; docs/performance.md) costs about 0.2% of the 50 steps.
 DEFAULT_RESUME_EVERY: int = 50
 #: The automatic pixel subsampling of the metrics keeps maps of about this side (1 at 128 px, 2 at 256 px).
 EVAL_MAP_SIDE: int = 128
