@@ -24,6 +24,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 try:
     import torch_arcad  # noqa: F401
@@ -47,20 +48,25 @@ def _harness():  # noqa: ANN202
     return arcad_harness
 
 
-def time_steps(baseline: str, image_size: int, batch_size: int, steps: int, arcad: bool, cached: bool) -> float:
-    """Mean seconds per training step (after one warm-up step)."""
+def _build(baseline: str, image_size: int, batch_size: int, arcad: bool) -> tuple[Any, Any]:
+    """The example module and its ``build`` (model, optimiser, ArcAD) at these sizes, seeded."""
     harness = _harness()
-    from arcad_harness.cache import FeatureStore
-    from arcad_harness.data import ImageSet, RandomBatches
-    from arcad_harness.detector import with_features
-
     cfg = harness.resolve_config(
         harness.ExperimentConfig(baseline=baseline, image_size=image_size, batch_size=batch_size, arcad=arcad),
         synthetic=False,
     )
     example = harness.load_example(baseline)
     torch.manual_seed(0)
-    model, optimizer, module = example.build(cfg)
+    return example, example.build(cfg)
+
+
+def time_steps(baseline: str, image_size: int, batch_size: int, steps: int, arcad: bool, cached: bool) -> float:
+    """Mean seconds per training step (after one warm-up step)."""
+    from arcad_harness.cache import FeatureStore
+    from arcad_harness.data import ImageSet, RandomBatches
+    from arcad_harness.detector import with_features
+
+    example, (model, optimizer, module) = _build(baseline, image_size, batch_size, arcad)
     generator = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (TRAIN_IMAGES, 3, image_size, image_size), dtype=torch.uint8, generator=generator)
     masks = torch.zeros(TRAIN_IMAGES, image_size, image_size, dtype=torch.bool)
@@ -94,16 +100,9 @@ def snapshot_cost(baseline: str, image_size: int, batch_size: int, arcad: bool) 
         :func:`arcad_harness.snapshots.save_snapshot`, the bytes of the model's (and ArcAD's) parameters and buffers,
         and of Adam's two moments of the trainable parameters.
     """
-    harness = _harness()
     from arcad_harness.snapshots import save_snapshot
 
-    cfg = harness.resolve_config(
-        harness.ExperimentConfig(baseline=baseline, image_size=image_size, batch_size=batch_size, arcad=arcad),
-        synthetic=False,
-    )
-    example = harness.load_example(baseline)
-    torch.manual_seed(0)
-    setup = example.build(cfg)
+    _, setup = _build(baseline, image_size, batch_size, arcad)
     model, optimizer, module = setup
     trainable = [p for p in model.parameters() if p.requires_grad]
     if module is not None:
