@@ -194,6 +194,8 @@ PER_RUN_FIELDS: tuple[str, ...] = (
     "baseline", "arcad", "categories", "seed", "split_seed", "split_path", "output_dir", "figures", "data_root",
     "verbose", "score", "synthetic", "arcad_options", "fusion_holdout", "resume_dir", "resume_every",
 )
+#: Folder of the runs' training snapshots under the output (``--resume-every``).
+SNAPSHOTS_DIR: str = "snapshots"
 #: Windows of the training history averaged for the "first" and "last" values of the diagnostics.
 FIRST_WINDOW: float = 0.05
 LAST_WINDOW: float = 0.1
@@ -363,7 +365,14 @@ def make_config(
 def snapshot_dir(output: Path, category: str, baseline: str, arm: str, seed: int) -> Path:
     """Where a run's training snapshots go with ``--resume-every``: ``output/snapshots/<category>/<baseline>/<arm>/
     seed<seed>``."""
-    return output / "snapshots" / category / baseline / arm / f"seed{seed}"
+    return output / SNAPSHOTS_DIR / category / baseline / arm / f"seed{seed}"
+
+
+def _remove_empty_folders(folder: Path, root: Path) -> None:
+    """Remove ``folder`` and its parents below ``root`` while they are empty."""
+    while folder != root and root in folder.parents and folder.is_dir() and not any(folder.iterdir()):
+        folder.rmdir()
+        folder = folder.parent
 
 
 def _run_one(
@@ -377,11 +386,6 @@ def _run_one(
     start = time.perf_counter()
     result = harness.run_experiment(cfg)
     wall = time.perf_counter() - start
-    if snapshots is not None:  # the harness removed the snapshot file; its empty folders go too
-        for folder in (snapshots, *snapshots.parents):
-            if folder.name == "snapshots" or not folder.is_dir() or any(folder.iterdir()):
-                break
-            folder.rmdir()
     scores = result["categories"][category]
     return {
         "format_version": RUN_FORMAT_VERSION,
@@ -898,11 +902,12 @@ def run_benchmark(
                         continue
                     else:
                         log(f"[run ] {category} {baseline} {arm} seed {seed} ...")
+                        snapshots = snapshot_dir(output, category, baseline, arm, seed)
                         record = _run_one(
                             settings, baseline=baseline, arm=arm, category=category, seed=seed,
-                            split_path=splits[seed], snapshots=snapshot_dir(output, category, baseline, arm, seed),
-                            resume_every=resume_every,
+                            split_path=splits[seed], snapshots=snapshots, resume_every=resume_every,
                         )
+                        _remove_empty_folders(snapshots, output / SNAPSHOTS_DIR)  # the harness removed the file
                         _write_json(path, record)
                         recon = record["scores"].get(BASELINE_KIND, {})
                         log(

@@ -316,6 +316,7 @@ def test_a_snapshot_of_another_training_run_is_refused(
             harness.run_experiment(cfg)
     # fields that do not change training may differ: the run resumes and finishes
     result = harness.run_experiment(dataclasses.replace(cfg, log_every=0, eval_stride=2, score="fused"))
+    assert result["diagnostics"]["grid"]["resumed_after_step"] == 1
     assert [r["step"] for r in result["diagnostics"]["grid"]["history"]] == [1, 2, 3, 4]
     assert list(tmp_path.iterdir()) == []
     torch.save({"version": 99}, tmp_path / "rd4ad-arcad-grid.pt")

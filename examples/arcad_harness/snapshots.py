@@ -104,12 +104,12 @@ def save_snapshot(
     os.replace(tmp, path)
 
 
-def load_snapshot(path: Path, fingerprint: dict[str, Any], steps: int) -> dict[str, Any] | None:
+def load_snapshot(path: Path, fingerprint: dict[str, Any]) -> dict[str, Any] | None:
     """The snapshot at ``path``, checked against this run; ``None`` when there is none.
 
     Raises:
-        ValueError: the snapshot belongs to another training configuration (the differing fields are named), has
-            another layout version, or records more steps than this run has.
+        ValueError: the snapshot belongs to another training configuration (the differing fields are named; the
+            number of steps is one of them) or has another layout version.
     """
     if not path.is_file():
         return None
@@ -124,8 +124,6 @@ def load_snapshot(path: Path, fingerprint: dict[str, Any], steps: int) -> dict[s
         details = ", ".join(f"{k}: snapshot {stored.get(k)!r}, now {fingerprint.get(k)!r}" for k in differing)
         raise ValueError(f"{path} was written by another training run ({details}); use another resume_dir or "
                          "remove the file")
-    if not 1 <= state["step"] <= steps:
-        raise ValueError(f"{path} holds step {state['step']}, outside this run's 1..{steps}")
     return state
 
 
@@ -134,9 +132,7 @@ def restore_snapshot(state: dict[str, Any], setup: Setup, device: torch.device) 
     model, optimizer, arcad = setup
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
-    if (arcad is None) != (state["arcad"] is None):  # the fingerprint's "arcad" field already rules this out
-        raise ValueError("the snapshot and this run disagree on ArcAD")
-    if arcad is not None:
+    if arcad is not None:  # the fingerprint's "arcad" field makes the snapshot hold ArcAD's state exactly then
         arcad.load_state_dict(state["arcad"])
     torch.set_rng_state(state["cpu_rng"])
     if device.type == "cuda" and state["cuda_rng"] is not None:

@@ -152,30 +152,29 @@ def train_model(
     store = get_store(cfg.feature_cache)
     snapshot_file = snapshot_path(cfg, name)
     fingerprint = training_fingerprint(cfg, len(train_set), int(train_set.labels.sum()))
-    snapshot = load_snapshot(snapshot_file, fingerprint, cfg.steps) if snapshot_file is not None else None
-    normal = torch.nonzero(train_set.labels == 0).flatten()
+    snapshot = load_snapshot(snapshot_file, fingerprint) if snapshot_file is not None else None
     if arcad is not None:
         k = arcad.prototypes.num_prototypes
         diagnostics.update(num_prototypes=k, prototype_init=cfg.prototype_init, initialized_step=None)
-    if snapshot is not None:
-        # The first process cached the normal images' features in these chunks (offline initialisation) and the
-        # rest in the order of the batches; the same order gives the same values (see arcad_harness.snapshots).
-        if arcad is not None and cfg.prototype_init == "offline":
-            for i in normal.split(cfg.batch_size):
-                with_features(train_set.batch(i, device), model, store, cfg.image_size)
-    elif arcad is not None:
         if cfg.prototype_init == "offline":
+            # Also when resuming: the first process cached the normal images' features in these chunks, and the
+            # same chunks give the same values (see arcad_harness.snapshots); the prototypes then come from the
+            # snapshot.
+            normal = torch.nonzero(train_set.labels == 0).flatten()
             batches = [
                 with_features(train_set.batch(i, device), model, store, cfg.image_size)
                 for i in normal.split(cfg.batch_size)
             ]
-            available = init_prototypes_from_features(model, arcad, batches, cfg.seed)
-            if arcad.initialized:
-                diagnostics["initialized_step"] = 0
-                log(f"{prefix} K={k} prototypes initialised by k-means of {available:,} normal bottleneck features")
-            else:
-                log(f"{prefix} only {available} normal features for K={k}: the prototypes initialise online")
-        else:
+            if snapshot is None:
+                available = init_prototypes_from_features(model, arcad, batches, cfg.seed)
+                if arcad.initialized:
+                    diagnostics["initialized_step"] = 0
+                    log(f"{prefix} K={k} prototypes initialised by k-means of {available:,} normal bottleneck "
+                        "features")
+                else:
+                    log(f"{prefix} only {available} normal features for K={k}: the prototypes initialise online")
+            del batches
+        elif snapshot is None:
             size = arcad.prototypes.init_size
             log(f"{prefix} K={k} prototypes initialise online from the first {size} normal patches")
 
