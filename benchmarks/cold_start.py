@@ -39,9 +39,10 @@ After the runs, the tables are written:
   averaged), the number of seeds and the training and evaluation time of each arm;
 * ``OUT/comparison.md``: the same tables as docs/results.md prints them (gains in brackets);
 * ``OUT/ablation.md``: the paper's Table 4 layout, one line per arm (``recon`` score, gain, ArcAD's maps);
-* ``OUT/diagnostics.md`` / ``.json``: one line per +ArcAD run: each loss term early and late in training, the
-  share of anomalous patches, the discriminator's accuracy, and the prototypes' usage (how many were used, the
-  effective number, the largest share);
+* ``OUT/diagnostics.md`` / ``.json``: one line per run: each loss term early and late in training (a baseline
+  run has the reconstruction loss only, which shows whether its training has flattened and what ArcAD's terms
+  cost the decoder's fit), and for the +ArcAD arms the share of anomalous patches, the discriminator's accuracy and
+  the prototypes' usage (how many were used, the effective number, the largest share);
 * ``OUT/summary.md`` / ``summary.json``: the command, the configuration (image size, steps, batch, K, lambdas, the
   values the harness chose automatically), the machine, all tables and the diagnostics.
 
@@ -492,7 +493,7 @@ def _window_mean(values: Sequence[float], fraction: float, tail: bool) -> float:
 
 
 def diagnostics_summary(diagnostics: Any, category: str | None = None) -> dict[str, Any]:
-    """Condense the harness's diagnostics of one +ArcAD run.
+    """Condense the harness's diagnostics of one run (a baseline run's history has its loss terms only).
 
     The harness records, per model (``diagnostics[category]`` in the single setting), a ``history`` of per-step
     dicts (``loss``, ``loss_recon``, ``loss_arcad``, ``loss_spm``, ``loss_dgc``, ``loss_cls``, ``initialized``,
@@ -781,7 +782,8 @@ def _diagnostics_lines(entries: Sequence[Mapping[str, Any]]) -> str:
         f"Terms and accuracies: mean over the first {FIRST_WINDOW:.0%} of steps → mean over the last "
         f"{LAST_WINDOW:.0%}. Accuracy of the "
         "discriminator on normal (n), synthetic (s) and real anomalous (r) patches. Prototypes: used at least once / "
-        "K, effective number exp(entropy) of the usage over all steps, largest share.",
+        "K, effective number exp(entropy) of the usage over all steps, largest share. Baseline runs have no ArcAD "
+        "terms (n/a).",
         "",
         "| category | baseline | arm | seed | spm | dgc | cls | recon | anomalous patches | disc. accuracy n / s / r "
         "| prototypes used | effective | max share |",
@@ -802,6 +804,8 @@ def _diagnostics_lines(entries: Sequence[Mapping[str, Any]]) -> str:
                 f"{acc[k]['first']:.2f} → {acc[k]['last']:.2f}" if k in acc else "n/a"
                 for k in ("normal", "synthetic", "real")
             )
+            if acc
+            else "n/a"  # a baseline run: no discriminator
         )
         cells.append(f"{s['prototypes_used']} / {s['num_prototypes']}" if "prototypes_used" in s else "n/a")
         cells.append(f"{s['effective_prototypes']:.0f}" if "effective_prototypes" in s else "n/a")
@@ -975,7 +979,6 @@ def write_tables(
             "summary": _run_summary(r),
         }
         for r in records
-        if r["arm"] != "baseline"
     ]
     _write_text(
         output / "comparison.md",
@@ -988,7 +991,7 @@ def write_tables(
         + "\n".join(ablation_markdown(t) for t in tables.values()),
     )
     _write_json(output / "diagnostics.json", diagnostics)
-    _write_text(output / "diagnostics.md", "# +ArcAD diagnostics\n\n" + _diagnostics_lines(diagnostics))
+    _write_text(output / "diagnostics.md", "# Training diagnostics\n\n" + _diagnostics_lines(diagnostics))
     fusion = fusion_summary(records)
     _write_json(output / "fusion.json", fusion)
     _write_text(output / "fusion.md", "# Fused score: weights and in-sample bias\n\n" + _fusion_lines(fusion))
@@ -1011,7 +1014,7 @@ def write_tables(
              "then mean ± std over seeds.", ""]
     text += [markdown_table(t) for t in tables.values()]
     text += [f"Total wall time of the runs: {summary['total_wall_time_s'] / 60:.1f} min.", ""]
-    text += ["## +ArcAD diagnostics", "", _diagnostics_lines(diagnostics)]
+    text += ["## Training diagnostics", "", _diagnostics_lines(diagnostics)]
     text += ["## Fused score", "", _fusion_lines(fusion)]
     _write_text(output / "summary.md", "\n".join(text))
     return summary

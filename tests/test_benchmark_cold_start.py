@@ -109,17 +109,29 @@ def test_summary_states_configuration_machine_and_diagnostics(quick_run: Path) -
     assert len(summary["tables"]) == len(QUICK_BASELINES)
     assert summary["total_wall_time_s"] > 0
     diag = json.loads((quick_run / "diagnostics.json").read_text())
-    assert len(diag) == 2 * len(QUICK_BASELINES)  # one per +ArcAD run
+    assert len(diag) == 2 * 2 * len(QUICK_BASELINES)  # one per run: two seeds of the baseline and of +ArcAD
     for entry in diag:
-        assert {"terms", "prototypes_used", "num_prototypes", "max_share"} <= set(entry["summary"])
-        assert 1 <= entry["summary"]["prototypes_used"] <= entry["summary"]["num_prototypes"]
-        assert 0 < entry["summary"]["max_share"] <= 1
+        summary = entry["summary"]
+        recon = summary["terms"]["loss_recon"]
+        assert math.isfinite(recon["first"]) and math.isfinite(recon["last"])
+        if entry["arm"] == "baseline":  # no ArcAD: the reconstruction loss (and the total) only
+            assert set(summary) == {"terms"} and set(summary["terms"]) == {"loss", "loss_recon"}
+            continue
+        assert {"terms", "prototypes_used", "num_prototypes", "max_share"} <= set(summary)
+        assert {"loss_spm", "loss_dgc", "loss_cls"} <= set(summary["terms"])
+        assert 1 <= summary["prototypes_used"] <= summary["num_prototypes"]
+        assert 0 < summary["max_share"] <= 1
     text = (quick_run / "summary.md").read_text()
     assert "image_size" in text and "machine" in text and "diagnostics" in text
-    # one row per +ArcAD run, each naming its arm (several arms share a category, baseline and seed)
+    # one row per run, each naming its arm (several arms share a category, baseline and seed)
     rows = [line for line in (quick_run / "diagnostics.md").read_text().splitlines() if line.startswith("| ")][1:]
     assert len(rows) == len(diag)
     assert sorted(row.split(" | ")[2] for row in rows) == sorted(entry["arm"] for entry in diag)
+    for row in rows:
+        cells = row.strip("| ").split(" | ")
+        assert "→" in cells[7]  # the reconstruction loss, first -> last, for every run
+        if cells[2] == "baseline":
+            assert cells[4:7] == ["n/a"] * 3 and cells[8:] == ["n/a"] * 5
 
 
 def test_resuming_skips_existing_runs(quick_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
