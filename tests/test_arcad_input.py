@@ -184,6 +184,25 @@ def test_too_many_prototypes_for_the_batch_warn_once_with_a_suggestion():
     # during initialisation the count is of the normal patches (3 normal images), and a K that fits is proposed
     assert "num_prototypes=60" in message and "48 normal patches" in message
     assert f"num_prototypes={suggest_num_prototypes(48)}" in message
+    assert "exactly zero" not in message  # the suggestion (2) keeps L_spm
+
+
+def test_a_suggestion_of_one_prototype_says_that_it_switches_l_spm_off():
+    model = ArcAD(DIM, 8)
+    with pytest.warns(UserWarning, match="16 normal patches") as caught:
+        model(torch.randn(1, 16, DIM))  # tokens (B, N, D): 16 normal patches, K = 1 by the paper's ratio
+    message = str(caught[0].message)
+    assert suggest_num_prototypes(16) == 1 and "num_prototypes=1 " in message
+    assert "L_spm (eq. 4) is exactly zero" in message
+
+
+def test_one_prototype_gives_exactly_zero_l_spm():
+    # what the warning above claims: the softmax over a single prototype is 1, its log 0, for every patch
+    model = ArcAD(DIM, 1)
+    model.prototypes.init_prototypes(torch.randn(8, DIM))
+    features, masks = make_batch()
+    out = model(features.requires_grad_(True), masks=masks)
+    assert out.spm.item() == 0.0 and out.dgc.item() > 0.0
 
 
 def test_initialised_prototypes_warn_from_the_batch_shape_alone():

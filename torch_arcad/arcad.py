@@ -110,6 +110,17 @@ class ArcADScores(NamedTuple):
     discriminator: Tensor
 
 
+
+def _single_prototype_note(normal_patches: int) -> str:
+    """The warning's caveat when the suggested K is 1: with one prototype eq. 4 has nothing to assign."""
+    if suggest_num_prototypes(max(normal_patches, 1)) > 1:
+        return ""
+    return (
+        " With num_prototypes=1 L_spm (eq. 4) is exactly zero, a softmax over one prototype, so the prototype then"
+        " serves L_dgc and the scores only; more normal patches per step (a larger batch or a finer grid of"
+        " features) keep the prototype term."
+    )
+
 class ArcAD(nn.Module):
     """ArcAD's latent calibration for a reconstruction-based detector, in one module.
 
@@ -537,7 +548,7 @@ class ArcAD(nn.Module):
                 f"patches than prototypes L_spm stays above about log(K / patches)). Try "
                 f"num_prototypes={suggest_num_prototypes(max(rows, 1))} (the paper's ratio, "
                 f"torch_arcad.suggest_num_prototypes); at most {max(rows // MIN_PATCHES_PER_PROTOTYPE, 1)} keeps "
-                f"{MIN_PATCHES_PER_PROTOTYPE} patches per prototype.",
+                f"{MIN_PATCHES_PER_PROTOTYPE} patches per prototype.{_single_prototype_note(rows)}",
                 stacklevel=_USER_FRAME,
             )
 

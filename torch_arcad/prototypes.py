@@ -40,7 +40,8 @@ def suggest_num_prototypes(normal_patches_per_step: int) -> int:
 
     Returns:
         K, between 1 and 500. For ``normal_patches_per_step >= MIN_PATCHES_PER_PROTOTYPE`` it leaves at least
-        that many patches per prototype, so :class:`~torch_arcad.ArcAD` does not warn about it.
+        that many patches per prototype, so :class:`~torch_arcad.ArcAD` does not warn about it. Below about 35
+        patches it is 1, where L_spm (eq. 4) is zero: a softmax over one prototype assigns nothing.
     """
     check_int("normal_patches_per_step", normal_patches_per_step, 1)
     exponent = round(math.log2(max(normal_patches_per_step / PATCHES_PER_PROTOTYPE, 1.0)))
