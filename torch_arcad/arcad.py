@@ -110,17 +110,6 @@ class ArcADScores(NamedTuple):
     discriminator: Tensor
 
 
-
-def _single_prototype_note(normal_patches: int) -> str:
-    """The warning's caveat when the suggested K is 1: with one prototype eq. 4 has nothing to assign."""
-    if suggest_num_prototypes(max(normal_patches, 1)) > 1:
-        return ""
-    return (
-        " With num_prototypes=1 L_spm (eq. 4) is exactly zero, a softmax over one prototype, so the prototype then"
-        " serves L_dgc and the scores only; more normal patches per step (a larger batch or a finer grid of"
-        " features) keep the prototype term."
-    )
-
 class ArcAD(nn.Module):
     """ArcAD's latent calibration for a reconstruction-based detector, in one module.
 
@@ -539,16 +528,24 @@ class ArcAD(nn.Module):
         if self.training and not self.prototypes.is_ready:
             # Initialisation steps only: the prototypes' buffering reads counts on the host anyway.
             rows = int((~defective).sum()) * (rows // defective.shape[0])
-        if rows < MIN_PATCHES_PER_PROTOTYPE * k and suggest_num_prototypes(max(rows, 1)) < k:
+        suggested = suggest_num_prototypes(max(rows, 1))
+        if rows < MIN_PATCHES_PER_PROTOTYPE * k and suggested < k:
             self._warned_num_prototypes = True
+            single = (
+                " With num_prototypes=1 L_spm (eq. 4) is exactly zero, a softmax over one prototype, so the prototype"
+                " then serves L_dgc and the scores only; more normal patches per step (a larger batch or a finer grid"
+                " of features) keep the prototype term."
+                if suggested == 1
+                else ""
+            )
             warnings.warn(
                 f"num_prototypes={k} is large for the {rows} normal patches this step holds: the balanced Sinkhorn "
                 f"assignment gives each prototype 1/K of them, at most {rows / k:.1f} patches (the paper has about "
                 f"25; below {MIN_PATCHES_PER_PROTOTYPE} each prototype follows a handful of patches, and with fewer "
                 f"patches than prototypes L_spm stays above about log(K / patches)). Try "
-                f"num_prototypes={suggest_num_prototypes(max(rows, 1))} (the paper's ratio, "
+                f"num_prototypes={suggested} (the paper's ratio, "
                 f"torch_arcad.suggest_num_prototypes); at most {max(rows // MIN_PATCHES_PER_PROTOTYPE, 1)} keeps "
-                f"{MIN_PATCHES_PER_PROTOTYPE} patches per prototype.{_single_prototype_note(rows)}",
+                f"{MIN_PATCHES_PER_PROTOTYPE} patches per prototype.{single}",
                 stacklevel=_USER_FRAME,
             )
 
