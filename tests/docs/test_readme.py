@@ -7,7 +7,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+from helpers import REPO_ROOT
+
+README = REPO_ROOT / "README.md"
 STEP_MARKER = "# every step"
 TOKENS, GRID, IMAGE = 5 + 784, 28, 224  # the README's Dinomaly-style shapes: 5 prefix tokens, 28 x 28 patches
 

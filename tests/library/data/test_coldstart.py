@@ -25,7 +25,9 @@ from torch_arcad.coldstart import (
 from torch_arcad.datasets.mvtec import MVTecDataset, scan_category
 from torch_arcad.datasets.synthetic import SYNTHETIC_CATEGORIES, make_synthetic_dataset
 
-REPO = Path(__file__).resolve().parents[1]
+from helpers import REPO_ROOT
+
+REPO = REPO_ROOT
 TINY = dict(image_size=16, num_train=13, num_test_good=3, num_defects_per_kind=3)
 
 

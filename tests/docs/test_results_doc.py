@@ -8,7 +8,9 @@ from pathlib import Path
 
 from benchmarks import cold_start
 
-ROOT = Path(__file__).resolve().parents[1]
+from helpers import REPO_ROOT
+
+ROOT = REPO_ROOT
 STORED = ROOT / "benchmarks" / "results" / "bench256"
 DOC = ROOT / "docs" / "results.md"
 
