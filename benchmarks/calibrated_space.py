@@ -5,7 +5,7 @@ Usage::
     OMP_NUM_THREADS=1 python benchmarks/calibrated_space.py --data-root ../shared/data --category tire \\
         --baseline rd4ad --seed 0 --steps 1000 --image-size 256 --batch-size 16 --threads 1 --output space
 
-One run of the cold-start benchmark (``benchmarks/cold_start.py``: the same configuration, split and arm) is
+One run of the cold-start benchmark (``benchmarks/coldstart``: the same configuration, split and arm) is
 trained, then every bottleneck patch of the training and test images is placed in the calibrated space: its
 distance to the nearest prototype (``1 - max_k z . mu_k``) and the trained discriminator's probability. The groups:
 
@@ -63,7 +63,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from benchmarks import cold_start  # noqa: E402
+from benchmarks.coldstart import cli as coldstart_cli, runner as coldstart_runner  # noqa: E402
+from benchmarks.coldstart.arms import trainable_arms  # noqa: E402
 
 GROUPS: tuple[str, ...] = ("train_normal", "train_real", "synthetic", "test_normal", "test_defect")
 #: Distance bins of the matched-distance AUROC and of the probability curves.
@@ -297,8 +298,8 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--data-root", type=Path, required=True)
     p.add_argument("--category", required=True)
-    p.add_argument("--baseline", default="rd4ad", choices=cold_start.BASELINES)
-    p.add_argument("--arm", default="arcad", choices=[a for a in cold_start.ARMS if a != "baseline"])
+    p.add_argument("--baseline", default="rd4ad", choices=coldstart_cli.BASELINES)
+    p.add_argument("--arm", default="arcad", choices=[a for a in trainable_arms() if a != "baseline"])
     p.add_argument("--seed", type=int, default=0, help="split seed = training seed")
     p.add_argument("--split", type=Path, default=None, help="a split file (default: made from the seed)")
     p.add_argument("--steps", type=int, default=1000)
@@ -317,7 +318,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    cold_start._harness()  # puts examples/ on the path
+    coldstart_runner.harness()  # the examples harness, installed or from this checkout
     from arcad_harness.config import resolve_config
     from arcad_harness.data import category_test_samples, load_images, prepare_data, train_samples
     from arcad_harness.detector import load_example
@@ -333,9 +334,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         given["width"] = args.width
     if args.num_prototypes is not None:
         given["num_prototypes"] = args.num_prototypes
-    settings = cold_start._resolve_defaults(given)
-    cfg = cold_start.make_config(settings, baseline=args.baseline, arm=args.arm, category=args.category,
-                                 seed=args.seed, split_path=split_path)
+    settings = coldstart_runner.resolve_defaults(given)
+    cfg = coldstart_runner.make_config(settings, baseline=args.baseline, arm=args.arm, category=args.category,
+                                       seed=args.seed, split_path=split_path)
     cfg.validate()
     data = prepare_data(cfg)
     cfg = resolve_config(cfg, synthetic=data.synthetic)

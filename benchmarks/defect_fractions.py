@@ -5,7 +5,7 @@ Usage::
     python benchmarks/defect_fractions.py --data-root ../shared/data --categories tire magnetic_tile \\
         --seeds 0 1 2 --image-size 256 --grid 16
 
-For each category and split seed (the split of ``benchmarks/cold_start.py``: :func:`torch_arcad.coldstart.make_split`
+For each category and split seed (the split of ``benchmarks.coldstart``: :func:`torch_arcad.coldstart.make_split`
 with that seed), the training masks are read as the example harness reads them (resized to ``--image-size``) and
 brought to the bottleneck's ``--grid`` x ``--grid`` patches with :func:`torch_arcad.layout.mask_fractions`. Every
 patch with a defect pixel is a real anomaly of eq. 7 (the paper's rule); the table gives their number and the

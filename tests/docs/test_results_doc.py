@@ -6,7 +6,7 @@ import json
 import re
 from pathlib import Path
 
-from benchmarks import cold_start
+from benchmarks.coldstart import load_runs, records as coldstart_records, tables as coldstart_tables
 
 from helpers import REPO_ROOT
 
@@ -16,8 +16,7 @@ DOC = ROOT / "docs" / "results.md"
 
 
 def _tables() -> dict:
-    records = [json.loads(p.read_text(encoding="utf-8")) for p in sorted((STORED / "runs").rglob("seed*.json"))]
-    return cold_start.aggregate(records)
+    return coldstart_tables.aggregate(load_runs(STORED))
 
 
 def _body(block: str) -> str:
@@ -36,7 +35,7 @@ def test_stored_runs_are_compact_and_share_one_setting() -> None:
             category, baseline, arm, name)
         assert record["diagnostics"] is None and "/" not in record["split"]  # compact: no history, no paths
         assert '"/' not in path.read_text()
-        kept = {k: v for k, v in record["settings"].items() if k not in cold_start.STORED_IGNORED}
+        kept = {k: v for k, v in record["settings"].items() if k not in coldstart_records.STORED_IGNORED}
         settings.add(json.dumps(kept, sort_keys=True))
     assert len(settings) == 1, "the stored runs of one table were made with different settings"
 
@@ -46,7 +45,7 @@ MARKER = re.compile(r"<!-- generated: (comparison|ablation) (\S+)/(\S+) -->\n")
 
 def test_every_marked_table_is_what_the_stored_runs_give() -> None:
     """A table preceded by ``<!-- generated: <comparison|ablation> <category>/<baseline> -->`` must equal, line by
-    line, what ``benchmarks/cold_start.py`` writes for the stored runs (comparison.md / ablation.md)."""
+    line, what ``python -m benchmarks.coldstart`` writes for the stored runs (comparison.md / ablation.md)."""
     text = DOC.read_text(encoding="utf-8")
     tables = _tables()
     found = list(MARKER.finditer(text))
@@ -55,7 +54,7 @@ def test_every_marked_table_is_what_the_stored_runs_give() -> None:
         kind, category, baseline = match.groups()
         key = f"{category}/{baseline}"
         assert key in tables, f"docs/results.md shows {key}, which has no stored runs"
-        block = (cold_start.comparison_markdown if kind == "comparison" else cold_start.ablation_markdown)(tables[key])
+        block = (coldstart_tables.comparison_markdown if kind == "comparison" else coldstart_tables.ablation_markdown)(tables[key])
         lines = text[match.end():].splitlines()
         first = next(i for i, line in enumerate(lines) if line.startswith("|"))
         last = next((i for i in range(first, len(lines)) if not lines[i].startswith("|")), len(lines))

@@ -1,0 +1,45 @@
+"""The decision table: each row's measured effect is the paired gain of its arm in the stored runs."""
+
+from __future__ import annotations
+
+import pytest
+
+from benchmarks.coldstart import decisions, load_runs
+from benchmarks.coldstart.tables import aggregate
+
+from helpers import REPO_ROOT
+
+
+@pytest.fixture(scope="module")
+def tables() -> dict:
+    return aggregate(load_runs(REPO_ROOT / "benchmarks" / "results" / "bench256"))
+
+
+def _rows(text: str) -> list[list[str]]:
+    return [line.strip("| ").split(" | ") for line in text.splitlines() if line.startswith("| ")][1:]
+
+
+def test_every_row_is_measured_on_three_seeds_of_the_stored_runs(tables: dict) -> None:
+    rows = _rows(decisions.decisions_markdown(tables))
+    assert len(rows) == len(decisions.DECISIONS)
+    for row, decision in zip(rows, decisions.DECISIONS):
+        assert row[0].endswith(", EfficientNet-Lite0")  # every detector named with its encoder
+        assert f"({decision.category})" in row[1]
+        assert row[3] == "0-2"
+        assert all(" ± " in cell for cell in row[4:7])
+
+
+def test_the_cells_are_the_paired_gains_of_the_stored_runs(tables: dict) -> None:
+    rows = {(r[0], r[1], r[2]): r for r in _rows(decisions.decisions_markdown(tables))}
+    rd4ad_fill = next(r for k, r in rows.items() if k[0].startswith("RD4AD") and "magnetic_tile" in k[1])
+    assert rd4ad_fill[4:7] == ["+20.2 ± 4.6", "+22.4 ± 5.1", "+13.6 ± 2.1"]
+    recontrast_thin = next(r for k, r in rows.items() if k[0].startswith("ReContrast") and "tire" in k[1])
+    assert recontrast_thin[4:7] == ["-6.1 ± 3.2", "-21.7 ± 1.8", "-1.0 ± 0.8"]
+
+
+def test_a_row_without_runs_is_an_error(tables: dict) -> None:
+    row = decisions.Decision("rd4ad", "blobs", "bottle", "arcad", "paper", "-")
+    with pytest.raises(KeyError, match="bottle/rd4ad"):
+        decisions.decisions_markdown(tables, [row])
+    with pytest.raises(ValueError, match="unknown arm"):
+        decisions.Decision("rd4ad", "blobs", "tire", "nope", "paper", "-")
