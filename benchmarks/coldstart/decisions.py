@@ -61,8 +61,9 @@ DECISIONS: tuple[Decision, ...] = (
     Decision("rd4ad", _THIN, "tire", "mask_fraction", '`ArcAD(..., mask_weighting="fraction")`',
              "level with the baseline, no gain: train without ArcAD"),
     Decision("dinomaly", _THIN, "tire", "arcad", _PAPER,
-             "not established: a small gain on tire, but on a thin-defect category outside this data "
-             "P-F1-max fell by 8.0 and 5.0 (2 seeds, not stored here); check it on your own split"),
+             "not established: I-AUROC up on tire but P-F1-max down on 2 of 3 seeds, and on a thin-defect "
+             "category outside this data P-F1-max fell by 8.0 and 5.0 (2 seeds, not stored here): check it on "
+             "your own split"),
     Decision("recontrast", _THIN, "tire", "arcad", _PAPER, "do not use it: every metric falls on every seed"),
 )
 

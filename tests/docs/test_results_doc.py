@@ -1,62 +1,80 @@
-"""docs/results.md's working-scale tables are what the stored runs give (benchmarks/results), to the digit."""
+"""The results pages are what the stored runs give (benchmarks/results), to the digit, and stay short."""
 
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
-from benchmarks.coldstart import load_runs, records as coldstart_records, tables as coldstart_tables
+import pytest
+
+from benchmarks.coldstart import load_runs, pages
+from benchmarks.coldstart.records import STORED_IGNORED
+from benchmarks.coldstart.tables import aggregate
 
 from helpers import REPO_ROOT
 
-ROOT = REPO_ROOT
-STORED = ROOT / "benchmarks" / "results" / "bench256"
-DOC = ROOT / "docs" / "results.md"
+STORED = REPO_ROOT / "benchmarks" / "results" / "bench256"
+RESULTS = REPO_ROOT / "docs" / "results.md"
+#: Every page with blocks generated from the stored runs (``--write-docs``).
+PAGES = (RESULTS, REPO_ROOT / "docs" / "investigations" / "ablation.md", REPO_ROOT / "README.md")
+#: The table rows docs/results.md published before the benchmark wrote its pages, one block per table.
+PUBLISHED = Path(__file__).parent / "data" / "published_bench256_rows.txt"
+REGENERATE = ("python -m benchmarks.coldstart --stored benchmarks/results/bench256 --tables-only --write-docs "
+              + " ".join(str(p.relative_to(REPO_ROOT)) for p in PAGES))
 
 
-def _tables() -> dict:
-    return coldstart_tables.aggregate(load_runs(STORED))
-
-
-def _body(block: str) -> str:
-    """The table lines of a generated block (its heading is free to change)."""
-    return "\n".join(line for line in block.splitlines() if line.startswith("|"))
+@pytest.fixture(scope="module")
+def tables() -> dict:
+    return aggregate(load_runs(STORED))
 
 
 def test_stored_runs_are_compact_and_share_one_setting() -> None:
     paths = sorted((STORED / "runs").rglob("seed*.json"))
-    assert paths, f"no stored runs under {STORED}"
+    assert len(paths) == 94, f"expected the 94 stored runs under {STORED}"
     settings = set()
-    for path in paths:
-        record = json.loads(path.read_text(encoding="utf-8"))
+    for path, record in zip(paths, load_runs(STORED)):
         category, baseline, arm, name = path.relative_to(STORED / "runs").parts
-        assert (record["category"], record["baseline"], record["arm"], f"seed{record['seed']}.json") == (
+        assert (record.category, record.baseline, record.arm, f"seed{record.seed}.json") == (
             category, baseline, arm, name)
-        assert record["diagnostics"] is None and "/" not in record["split"]  # compact: no history, no paths
+        assert record.is_compact and "/" not in record.split  # compact: no history, no paths
         assert '"/' not in path.read_text()
-        kept = {k: v for k, v in record["settings"].items() if k not in coldstart_records.STORED_IGNORED}
+        kept = {k: v for k, v in record.settings.items() if k not in STORED_IGNORED}
         settings.add(json.dumps(kept, sort_keys=True))
     assert len(settings) == 1, "the stored runs of one table were made with different settings"
 
 
-MARKER = re.compile(r"<!-- generated: (comparison|ablation) (\S+)/(\S+) -->\n")
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(REPO_ROOT)))
+def test_every_generated_block_is_what_the_stored_runs_give(page: Path, tables: dict) -> None:
+    text = page.read_text(encoding="utf-8")
+    assert pages.START.search(text), f"{page} has no generated block"
+    assert pages.update_page(text, tables) == text, f"{page} is not up to date; regenerate it: {REGENERATE}"
 
 
-def test_every_marked_table_is_what_the_stored_runs_give() -> None:
-    """A table preceded by ``<!-- generated: <comparison|ablation> <category>/<baseline> -->`` must equal, line by
-    line, what ``python -m benchmarks.coldstart`` writes for the stored runs (comparison.md / ablation.md)."""
-    text = DOC.read_text(encoding="utf-8")
-    tables = _tables()
-    found = list(MARKER.finditer(text))
-    assert found, "docs/results.md marks no table as generated from the stored runs"
-    for match in found:
-        kind, category, baseline = match.groups()
-        key = f"{category}/{baseline}"
-        assert key in tables, f"docs/results.md shows {key}, which has no stored runs"
-        block = (coldstart_tables.comparison_markdown if kind == "comparison" else coldstart_tables.ablation_markdown)(tables[key])
-        lines = text[match.end():].splitlines()
-        first = next(i for i, line in enumerate(lines) if line.startswith("|"))
-        last = next((i for i in range(first, len(lines)) if not lines[i].startswith("|")), len(lines))
-        shown = "\n".join(lines[first:last])  # the first table after the marker
-        assert shown == _body(block), f"the {kind} table of {key} in docs/results.md is not what the stored runs give"
+def test_the_published_numbers_are_unchanged() -> None:
+    """Every table row the results page published before it was generated is still on a generated page, digit for
+    digit (the renderers may not change a number)."""
+    shown = set()
+    for page in PAGES:
+        shown |= {line for line in page.read_text(encoding="utf-8").splitlines() if line.startswith("| ")}
+    rows = [line for line in PUBLISHED.read_text(encoding="utf-8").splitlines() if line.startswith("| ")]
+    assert len(rows) == 194
+    missing = [row for row in rows if row not in shown]
+    assert not missing, f"{len(missing)} published rows changed, e.g. {missing[0]}"
+
+
+def test_the_results_page_is_short_and_answers_first() -> None:
+    text = RESULTS.read_text(encoding="utf-8")
+    assert len(text.splitlines()) <= 250
+    specs = [m.group("spec") for m in pages.START.finditer(text)]
+    assert specs[0] == "decisions"  # the decision table comes first
+    assert sum(spec.startswith("comparison ") for spec in specs) == 6  # every category and detector
+    headings = [line for line in text.splitlines() if line.startswith("#### ")]
+    assert headings and all(h.endswith(", EfficientNet-Lite0") for h in headings)  # detector named with encoder
+
+
+def test_the_readme_shows_the_decision_table() -> None:
+    text = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    section = text[text.index("## Does it help?"):text.index("## Run the tests")]
+    assert "<!-- generated: decisions -->" in section
+    prose = [line for line in section.splitlines()[1:] if line and not line.startswith(("|", "<!--"))]
+    assert len(" ".join(prose).split(". ")) <= 8  # a table and a few sentences
