@@ -32,11 +32,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import torch
 
-import torch  # noqa: E402
-
-from arcad_harness import SCORE_KINDS, ExperimentConfig, run_comparison, tiny_config  # noqa: E402
+from arcad_harness import SCORE_KINDS, ExperimentConfig, run_comparison, tiny_config
 
 #: Sized for a laptop CPU: one model per arm for the three categories, 128 px synthetic images (8 x 8 bottleneck
 #: grid), 150 steps of batch 16.

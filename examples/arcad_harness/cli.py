@@ -8,7 +8,6 @@ import sys
 from collections.abc import Sequence
 
 from .config import (
-    BASELINES,
     DEFAULT_RESUME_EVERY,
     ENCODERS,
     PROTOTYPE_INITS,
@@ -57,7 +56,9 @@ def build_parser(baseline: str | None = None) -> argparse.ArgumentParser:
         ),
     )
     if baseline is None:
-        parser.add_argument("--baseline", choices=BASELINES, default="rd4ad")
+        from .detectors.registry import DETECTORS  # the detectors import the harness's modules
+
+        parser.add_argument("--baseline", choices=tuple(DETECTORS), default="rd4ad")
     data = parser.add_argument_group("data")
     data.add_argument(
         "--data-root", default=None, help="data set in the MVTec AD layout (default: generated synthetic data)"

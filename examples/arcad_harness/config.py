@@ -27,7 +27,7 @@ __all__ = [
     "resolve_config",
 ]
 
-#: The reconstruction-based detectors of the examples (``examples/<name>.py``).
+#: The built-in detectors (:mod:`arcad_harness.detectors`); ``baseline`` takes any registered name.
 BASELINES: tuple[str, ...] = ("dinomaly", "rd4ad", "recontrast")
 #: ``single``: one model per category; ``multi``: one model for all categories together.
 SETTINGS: tuple[str, ...] = ("single", "multi")
@@ -78,7 +78,8 @@ class ExperimentConfig:
     """Everything one experiment needs; ``None`` fields are chosen automatically (see :func:`resolve_config`).
 
     Attributes:
-        baseline: ``"dinomaly"``, ``"rd4ad"`` or ``"recontrast"``.
+        baseline: the detector, a name of the registry (:func:`~arcad_harness.detectors.get_detector`): built in are
+            ``"dinomaly"``, ``"rd4ad"`` and ``"recontrast"``.
         data_root: a data set in the MVTec AD layout; ``None`` generates (once, cached) the synthetic data set of
             :func:`torch_arcad.datasets.make_synthetic_dataset`.
         split_path: a cold-start manifest (``python -m torch_arcad.coldstart``); ``None`` makes the split with
@@ -163,7 +164,9 @@ class ExperimentConfig:
 
     def validate(self) -> None:
         """Check every field; raises ``ValueError`` / ``TypeError`` naming the field, what it expects and got."""
-        _choice("baseline", self.baseline, BASELINES)
+        from .detectors.registry import DETECTORS  # the detectors import this module
+
+        _choice("baseline", self.baseline, tuple(DETECTORS))
         _choice("setting", self.setting, SETTINGS)
         _choice("score", self.score, SCORE_KINDS)
         _choice("prototype_init", self.prototype_init, PROTOTYPE_INITS)

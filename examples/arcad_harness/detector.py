@@ -1,21 +1,19 @@
-"""What the harness expects from a baseline example: the :class:`Detector` interface, the objects an example's
-``build`` and ``train_step`` return, and loading the example files.
+"""What the harness expects from a detector: the :class:`Detector` interface and the objects a detector's
+``build`` and ``train_step`` return.
 
-An example file (``examples/<baseline>.py``) defines:
+A detector (a module of :mod:`arcad_harness.detectors`, or your own, registered with
+:func:`~arcad_harness.detectors.register_detector`) defines:
 
 * a :class:`Detector` subclass (encoder, bottleneck, decoder, reconstruction loss, anomaly map, image score);
-* ``build(cfg) -> Setup``: the model, the AdamW optimiser and, with ``cfg.arcad``, the ArcAD module with its own
+* ``build(cfg) -> Setup``: the model, its optimiser and, with ``cfg.arcad``, the ArcAD module with its own
   parameter group;
 * ``train_step(model, arcad, optimizer, batch, progress) -> StepOutput``: one optimiser step.
 """
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-from types import ModuleType
-from typing import NamedTuple
+import warnings
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -25,7 +23,10 @@ from torch_arcad.layout import features_to_patches
 
 from .cache import FeatureStore, encoder_digest
 from .data import Batch
-from .config import BASELINES, ExperimentConfig, default_num_prototypes
+from .config import ExperimentConfig, default_num_prototypes
+
+if TYPE_CHECKING:
+    from .detectors.registry import DetectorSpec
 
 __all__ = [
     "Detector",
@@ -40,8 +41,6 @@ __all__ = [
     "num_prototypes",
 ]
 
-#: Folder of the example files (the parent of this package).
-EXAMPLES_DIR: Path = Path(__file__).resolve().parents[1]
 #: At most this many features per prototype enter the offline k-means.
 KMEANS_FEATURES_PER_PROTOTYPE: int = 64
 
@@ -179,7 +178,7 @@ def decoded_rows(decode: Tensor | None, batch: int) -> Tensor | None:
 
 
 class Setup(NamedTuple):
-    """What an example's ``build`` returns: the model, its optimiser and ArcAD (``None`` without ArcAD)."""
+    """What a detector's ``build`` returns: the model, its optimiser and ArcAD (``None`` without ArcAD)."""
 
     model: Detector
     optimizer: torch.optim.Optimizer
@@ -187,7 +186,7 @@ class Setup(NamedTuple):
 
 
 class StepOutput(NamedTuple):
-    """What an example's ``train_step`` returns.
+    """What a detector's ``train_step`` returns.
 
     Attributes:
         loss: the total loss of the step (detached scalar).
@@ -272,25 +271,16 @@ def init_prototypes_from_features(
     return int(rows.shape[0])
 
 
-def load_example(baseline: str) -> ModuleType:
-    """Import ``examples/<baseline>.py`` (once) as the module ``arcad_examples_<baseline>``."""
-    if baseline not in BASELINES:
-        raise ValueError(f"baseline must be one of {BASELINES}, got {baseline!r}")
-    name = f"arcad_examples_{baseline}"
-    if name in sys.modules:
-        return sys.modules[name]
-    path = EXAMPLES_DIR / f"{baseline}.py"
-    spec = importlib.util.spec_from_file_location(name, path)
-    if spec is None or spec.loader is None:  # pragma: no cover - the file ships with the examples
-        raise ImportError(f"cannot import the example {path}")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    try:
-        spec.loader.exec_module(module)
-    except BaseException:
-        del sys.modules[name]
-        raise
-    for attribute in ("build", "train_step"):
-        if not callable(getattr(module, attribute, None)):
-            raise ImportError(f"the example {path} must define {attribute}()")
-    return module
+def load_example(baseline: str) -> DetectorSpec:
+    """Deprecated alias of :func:`arcad_harness.detectors.get_detector`: the registered detector ``baseline``.
+
+    The detectors used to be loaded from the example scripts by file path; they are now modules of
+    :mod:`arcad_harness.detectors`. The returned :class:`~arcad_harness.detectors.DetectorSpec` has the ``build``
+    and ``train_step`` the example module had.
+    """
+    warnings.warn(
+        "arcad_harness.load_example is deprecated: use arcad_harness.get_detector", DeprecationWarning, stacklevel=2
+    )
+    from .detectors.registry import get_detector  # the detectors import this module
+
+    return get_detector(baseline)

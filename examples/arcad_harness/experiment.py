@@ -11,7 +11,7 @@ from typing import Any
 
 from .config import ExperimentConfig, resolve_config
 from .data import category_test_samples, hold_out_defects, load_images, prepare_data, split_counts, train_samples
-from .detector import load_example
+from .detectors.registry import get_detector
 from .evaluation import Fusion, evaluate_category, fit_fusion
 from .report import comparison_table, mean_metrics, results_markdown, results_table, write_json, write_text
 from .snapshots import remove_snapshot, snapshot_path
@@ -58,7 +58,7 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
     log = _logger(cfg)
     data = prepare_data(cfg)
     cfg = resolve_config(cfg, synthetic=data.synthetic)
-    example = load_example(cfg.baseline)
+    detector = get_detector(cfg.baseline)
     groups = [[c] for c in data.categories] if cfg.setting == "single" else [list(data.categories)]
     arm = "arcad" if cfg.arcad else "baseline"
     log(
@@ -87,7 +87,7 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
         if withheld:
             log(f"[{cfg.baseline}+arcad {name}] {len(withheld)} defective training image(s) withheld from training "
                 "to fit the fused score's weights")
-        trained = train_model(example, cfg, train_set, name, group, log)
+        trained = train_model(detector, cfg, train_set, name, group, log)
         train_time += trained.train_time_s
         diagnostics[name] = trained.diagnostics
         if trained.setup.arcad is not None:

