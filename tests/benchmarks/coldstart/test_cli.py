@@ -219,3 +219,16 @@ def test_command_arguments_leave_out_what_only_reads_or_renders() -> None:
     argv = ["--quick", "--stored", "a", "b", "--seeds", "0", "--tables-only", "--export=x", "--write-docs", "p.md",
             "--check-docs", "q.md", "--steps", "3"]
     assert cli.command_arguments(argv) == ["--quick", "--seeds", "0", "--steps", "3"]
+
+
+def test_the_former_script_forwards_to_the_package() -> None:
+    """``python benchmarks/cold_start.py ...`` still works: it runs ``python -m benchmarks.coldstart ...``."""
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "benchmarks" / "cold_start.py"), "--stored", str(STORED), "--tables-only",
+         "--check-docs", str(REPO_ROOT / "docs" / "results.md")],
+        capture_output=True, text=True, cwd=REPO_ROOT / "docs", timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
