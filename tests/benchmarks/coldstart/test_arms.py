@@ -58,3 +58,24 @@ def test_every_trainable_arm_s_options_are_accepted_by_arcad(name: str) -> None:
     """A trainable arm may only use options the library still has (a removed option makes the arm record-only)."""
     module = torch_arcad.ArcAD(dim=8, num_prototypes=2, **get_arm(name).arcad_options)
     assert isinstance(module, torch_arcad.ArcAD)
+
+
+def test_every_stored_run_was_made_with_its_arm_s_lambdas_options_and_harness_settings() -> None:
+    """The list describes the stored runs, record-only arms included: each run's resolved harness configuration has
+    its arm's ArcAD options, harness settings and lambdas (the benchmark's lambdas with the arm's terms kept)."""
+    from benchmarks.coldstart import load_runs
+
+    from helpers import REPO_ROOT
+
+    seen = set()
+    for record in load_runs(REPO_ROOT / "benchmarks" / "results" / "bench256"):
+        arm = get_arm(record.arm)
+        config = record.harness_config
+        assert config["arcad"] is arm.arcad
+        assert config.get("arcad_options", {}) == dict(arm.arcad_options), record.key
+        for key, value in arm.harness_options.items():
+            assert config[key] == value, record.key
+        if arm.arcad:
+            assert tuple(config["lambdas"]) == pytest.approx(arm.lambdas(record.settings["lambdas"])), record.key
+        seen.add(arm.name)
+    assert {"mask_fraction_mean", "noise_range", "push_margin", "disc_distance"} <= seen  # record-only, stored
