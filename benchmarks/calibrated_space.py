@@ -2,7 +2,7 @@
 
 Usage::
 
-    OMP_NUM_THREADS=1 python benchmarks/calibrated_space.py --data-root ../shared/data --category tire \\
+    OMP_NUM_THREADS=1 python -m benchmarks.calibrated_space --data-root ../shared/data --category tire \\
         --baseline rd4ad --seed 0 --steps 1000 --image-size 256 --batch-size 16 --threads 1 --output space
 
 One run of the cold-start benchmark (``benchmarks/coldstart``: the same configuration, split and arm) is
@@ -47,11 +47,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-try:
-    import torch_arcad  # noqa: F401
-except ImportError:  # run as a script from a source checkout
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import torch
 import torch.nn.functional as F
 
@@ -59,9 +54,9 @@ from torch_arcad.coldstart import make_split, save_split
 from torch_arcad.layout import masks_to_patches
 from torch_arcad.metrics import auroc
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
+if __name__ == "__main__" and not __package__:  # run as a file: ``benchmarks`` is importable only as a package
+    command = " ".join(["python -m benchmarks.calibrated_space", *sys.argv[1:]])
+    sys.exit(f"run this benchmark as a module, from the repository root: {command}")
 
 from benchmarks.coldstart import cli as coldstart_cli, runner as coldstart_runner  # noqa: E402
 from benchmarks.coldstart.arms import trainable_arms  # noqa: E402
@@ -183,7 +178,7 @@ def analyse(trained: Any, train_set: Any, test_set: Any, cfg: Any) -> dict[str, 
 
     def place(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         distance = 1 - (z @ prototypes.t()).amax(dim=1)
-        probability = torch.sigmoid(discriminator(z, distance if discriminator.reads_distance else None).float())
+        probability = torch.sigmoid(discriminator(z).float())
         return distance, probability
 
     z_train, d_train, y_train = embed(trained, train_set, cfg)
@@ -318,10 +313,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    coldstart_runner.harness()  # the examples harness, installed or from this checkout
+    coldstart_runner.harness()  # the examples harness, with a clear error when it is not installed
     from arcad_harness.config import resolve_config
     from arcad_harness.data import category_test_samples, load_images, prepare_data, train_samples
-    from arcad_harness.detector import load_example
+    from arcad_harness.detectors import get_detector
     from arcad_harness.training import train_model
 
     args.output.mkdir(parents=True, exist_ok=True)
@@ -340,7 +335,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     cfg.validate()
     data = prepare_data(cfg)
     cfg = resolve_config(cfg, synthetic=data.synthetic)
-    example = load_example(cfg.baseline)
+    example = get_detector(cfg.baseline)
     train_set = load_images(train_samples(data, [args.category], with_defects=True), cfg.image_size)
     test_set = load_images(category_test_samples(data, args.category), cfg.image_size)
     if args.checkpoint is not None and args.checkpoint.is_file():

@@ -18,10 +18,12 @@ normal and on defect patches, its accuracy on the last training steps (normal / 
 AUROC on the training defects it was trained on (in-sample), and the prototype-distance map's patch AUROC on the same
 features for reference.
 
-Configurations (:data:`CONFIGS`): ``paper`` (sigma 0.015, one focal mean, alpha 0.75), ``sigma_dim`` (noise scaled
-to the paper's 768-dim bottleneck), ``focal_balanced`` (alpha 0.5, negatives and positives weighted equally),
-``sigma_dim_balanced`` (both), and ``*_synthetic_only``: trained without the training defects (every training image
-treated as normal), what the pseudo-anomalies alone teach.
+Configurations (:data:`CONFIGS`): ``paper`` (sigma 0.015, one focal mean, alpha 0.75), ``sigma_dim`` (eq. 5's noise
+scaled to the paper's 768-dim bottleneck, ``sigma * sqrt(768 / D)``, which keeps the pseudo-anomalies at the angle
+from their anchors they have at D = 768), and ``*_synthetic_only``: trained without the training defects (every
+training image treated as normal), what the pseudo-anomalies alone teach. (The class-balanced focal variants of
+earlier versions used a discriminator weighting the library no longer has; their results stay in
+docs/investigations.)
 """
 
 from __future__ import annotations
@@ -36,11 +38,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-try:
-    import torch_arcad
-except ImportError:  # run as a script from a source checkout
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    import torch_arcad
+import torch_arcad
 
 import torch
 import torch.nn.functional as F
@@ -51,14 +49,15 @@ from torch_arcad.layout import masks_to_patches
 from torch_arcad.metrics import auroc
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-#: name -> (ArcAD keyword options, train with the real defects).
+#: The bottleneck width whose pseudo-anomaly angle ``sigma_dim`` keeps (the paper's ViT-B).
+REFERENCE_DIM: int = 768
+#: name -> (ArcAD keyword options, train with the real defects); ``"sigma_reference_dim"`` is this script's own
+#: option: eq. 5's sigma scaled by ``sqrt(D_ref / D)``.
 CONFIGS: dict[str, tuple[dict[str, Any], bool]] = {
     "paper": ({}, True),
-    "sigma_dim": ({"sigma_reference_dim": 768}, True),
-    "focal_balanced": ({"alpha": 0.5, "cls_weighting": "classes"}, True),
-    "sigma_dim_balanced": ({"sigma_reference_dim": 768, "alpha": 0.5, "cls_weighting": "classes"}, True),
+    "sigma_dim": ({"sigma_reference_dim": REFERENCE_DIM}, True),
     "paper_synthetic_only": ({}, False),
-    "sigma_dim_synthetic_only": ({"sigma_reference_dim": 768}, False),
+    "sigma_dim_synthetic_only": ({"sigma_reference_dim": REFERENCE_DIM}, False),
 }
 DEFAULT_CONFIGS: tuple[str, ...] = tuple(CONFIGS)
 #: AdamW settings of the paper.
@@ -74,9 +73,6 @@ QUICK = {"steps": 5, "image_size": 64, "num_prototypes": 8}
 
 
 def _harness() -> Any:
-    examples = str(REPO_ROOT / "examples")
-    if examples not in sys.path:
-        sys.path.insert(0, examples)
     import arcad_harness
 
     return arcad_harness
@@ -134,9 +130,11 @@ def probe(
         patches = torch.zeros_like(patches)
     dim = tokens.shape[-1]
     torch.manual_seed(seed)
-    arcad = torch_arcad.ArcAD(
-        dim, num_prototypes, lambda_spm=0.0, lambda_dgc=0.0, lambda_cls=1.0, seed=seed, **dict(options)
-    )
+    options = dict(options)
+    reference_dim = options.pop("sigma_reference_dim", None)
+    if reference_dim is not None:  # the pseudo-anomalies at the angle they have at D_ref
+        options["sigma"] = torch_arcad.get_preset("paper").sigma * math.sqrt(reference_dim / dim)
+    arcad = torch_arcad.ArcAD(dim, num_prototypes, lambda_spm=0.0, lambda_dgc=0.0, lambda_cls=1.0, seed=seed, **options)
     normal_rows = F.normalize(tokens[labels == 0].reshape(-1, dim), dim=1)
     generator = torch.Generator().manual_seed(seed)
     arcad.prototypes.init_prototypes(spherical_kmeans(normal_rows, num_prototypes, generator=generator))

@@ -9,7 +9,8 @@ from . import functional
 from .arcad import ArcAD, ArcADOutput, ArcADScores
 from .calibration import DefectGuidedLoss
 from .discriminator import FocalDiscriminator
-from .presets import PRESETS, ArcADPreset, get_preset
+from .patches import PatchWeighting, PatchWeights
+from .config import PRESETS, ArcADConfig, get_preset
 from .prototypes import PrototypeOutput, SinkhornPrototypes, suggest_num_prototypes
 from .synthesis import HypersphereAnomalySynthesizer
 
@@ -25,7 +26,9 @@ __all__ = [
     "HypersphereAnomalySynthesizer",
     "DefectGuidedLoss",
     "FocalDiscriminator",
-    "ArcADPreset",
+    "PatchWeighting",
+    "PatchWeights",
+    "ArcADConfig",
     "PRESETS",
     "get_preset",
     "functional",

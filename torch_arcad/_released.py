@@ -97,7 +97,7 @@ def _update_running_stats(norm: _BatchNorm, means: Tensor, variances: Tensor, co
 
 
 def discriminator_logits_by_group(
-    discriminator: nn.Module, x: Tensor, group: Tensor, weight: Tensor, num_groups: int, distance: Tensor | None = None
+    discriminator: nn.Module, x: Tensor, group: Tensor, weight: Tensor, num_groups: int
 ) -> Tensor:
     """The discriminator's (N,) logits with every BatchNorm layer normalising per group (training mode).
 
@@ -108,18 +108,17 @@ def discriminator_logits_by_group(
         discriminator: a :class:`~torch_arcad.FocalDiscriminator` (its ``net`` is run layer by layer).
         x: (N, D) features.
         group, weight, num_groups: as in :func:`grouped_batch_norm`.
-        distance: (N,) distances to the nearest prototype, for a discriminator that reads them.
     """
     layers = list(discriminator.net)
     if not any(_uses_batch_statistics(layer) for layer in layers):
-        return discriminator(x, distance)
+        return discriminator(x)
     out = x.to(layers[0].weight.dtype)  # the input follows the weights' dtype, as in FocalDiscriminator.forward
     for layer in layers:
         if _uses_batch_statistics(layer):
             out = grouped_batch_norm(out, layer, group, weight, num_groups)
         else:
             out = layer(out)
-    return discriminator.add_distance(out.squeeze(1), distance)
+    return out.squeeze(1)
 
 
 def _uses_batch_statistics(layer: nn.Module) -> bool:

@@ -36,17 +36,6 @@ def check_positive(name: str, value: float, *, allow_zero: bool = False) -> None
         raise ValueError(f"{name} must be {bound}, got {value}")
 
 
-def check_push_margin(push_margin: float | None, clamp_push: bool = False) -> None:
-    """Raise ``ValueError`` unless ``push_margin`` is ``None`` or a cosine in ``[-1, 1)``, not given beside
-    ``clamp_push`` (which is a margin of 0)."""
-    if push_margin is None:
-        return
-    if isinstance(push_margin, bool) or not isinstance(push_margin, (int, float)) or not -1.0 <= push_margin < 1.0:
-        raise ValueError(f"push_margin must be None or a cosine in [-1, 1), got {push_margin!r}")
-    if clamp_push:
-        raise ValueError("give either clamp_push (a margin of 0) or push_margin, not both")
-
-
 def check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
     """Raise ``ValueError`` unless ``value`` is one of ``choices``."""
     if value not in choices:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from ._validation import check_push_margin
 from .functional.calibration import defect_guided_loss
 
 __all__ = ["DefectGuidedLoss"]
@@ -15,18 +14,14 @@ class DefectGuidedLoss(nn.Module):
 
     Args:
         clamp_push: ``relu`` on the push term, as the released code does (the paper has none).
-        push_margin: ``None`` (eq. 8) or a cosine ``m`` in ``[-1, 1)``: the push stops once an anomaly's cosine to
-            its nearest prototype is down to ``m`` (``relu(max_k a . mu_k - m)``). An option of this library.
     """
 
-    def __init__(self, *, clamp_push: bool = False, push_margin: float | None = None) -> None:
+    def __init__(self, *, clamp_push: bool = False) -> None:
         super().__init__()
-        check_push_margin(push_margin, clamp_push)
         self.clamp_push = clamp_push
-        self.push_margin = push_margin
 
     def extra_repr(self) -> str:
-        return f"clamp_push={self.clamp_push}, push_margin={self.push_margin}"
+        return f"clamp_push={self.clamp_push}"
 
     def forward(
         self,
@@ -36,6 +31,8 @@ class DefectGuidedLoss(nn.Module):
         *,
         anomaly_weight: Tensor | None = None,
         synthetic_weight: Tensor | None = None,
+        similarities: Tensor | None = None,
+        reduction: str = "mean",
     ) -> Tensor:
         """Eq. 8 over the l2-normalised anomalies.
 
@@ -45,9 +42,13 @@ class DefectGuidedLoss(nn.Module):
             synthetic: (S, D) pseudo-anomalies.
             anomaly_weight: optional (M,) weights (masking) of the anomalies.
             synthetic_weight: optional (S,) weights (masking) of the synthetic mean.
+            similarities: optional (M, K) similarities of the normalised anomalies to ``prototypes`` that the
+                caller already has (eq. 4's matmul); the push term is then read from them.
+            reduction: ``"mean"``, ``"sum"`` (for callers that take the mean themselves, e.g. globally under DDP)
+                or ``"none"`` ((M,) per-anomaly terms).
 
         Returns:
-            Scalar float32 loss.
+            Scalar float32 loss ((M,) with ``reduction="none"``).
         """
         return defect_guided_loss(
             anomalies,
@@ -56,5 +57,6 @@ class DefectGuidedLoss(nn.Module):
             anomaly_weight=anomaly_weight,
             synthetic_weight=synthetic_weight,
             clamp_push=self.clamp_push,
-            push_margin=self.push_margin,
+            similarities=similarities,
+            reduction=reduction,
         )

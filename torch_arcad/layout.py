@@ -47,9 +47,13 @@ def features_to_patches(features: Tensor, prefix_tokens: int = 0) -> tuple[Tenso
 def mask_fractions(masks: Tensor, batch: int, grid: tuple[int, int], *, level: float = 0.5) -> Tensor:
     """The fraction of defect pixels under each patch of the grid.
 
-    A floating mask pixel is a defect pixel when it exceeds ``level`` (0.5 by default), integer and boolean ones
-    when non-zero (so 0/1, 0/255 and bool masks all work). Each patch covers the pixels an adaptive average pool
-    gives it.
+    A floating mask pixel is a defect pixel when it exceeds ``level`` times the peak of its own mask (0.5 by
+    default: half the peak), integer and boolean ones when non-zero (so 0/1, 0/255 and bool masks all work). For a
+    0/1 mask the peak is 1 and this is the plain ``mask > level``. Taken relative to the peak, a defect that a
+    smoothing resize has faded is kept: a 1-pixel scratch resized bilinearly from 256 to 64 px peaks near 0.16, below
+    an absolute 0.5, yet its peak pixel always counts, so a defective image never loses its defect to the resize.
+    A mask that is zero everywhere has no defect pixel. Each patch covers the pixels an adaptive average pool gives
+    it.
 
     Args:
         masks: (B, H, W) or (B, 1, H, W) at image resolution, H >= h and W >= w, with the grid's aspect ratio.
@@ -78,7 +82,12 @@ def mask_fractions(masks: Tensor, batch: int, grid: tuple[int, int], *, level: f
             f"masks of spatial size ({height}, {width}) cannot be matched to the ({h}, {w}) patch grid: they must be "
             "at least as large as the grid, with the same aspect ratio"
         )
-    binary = masks > level if masks.is_floating_point() else masks != 0
+    if masks.is_floating_point():
+        # relative to each mask's own peak: a faded thin defect keeps its peak pixel (an all-zero mask stays empty)
+        peak = masks.detach().flatten(1).amax(dim=1).clamp_min(0)
+        binary = (masks > level * rearrange(peak, "b -> b 1 1")) & rearrange(peak > 0, "b -> b 1 1")
+    else:
+        binary = masks != 0
     fraction = F.adaptive_avg_pool2d(binary.unsqueeze(1).float(), (h, w))
     return rearrange(fraction, "b 1 h w -> b (h w)")
 

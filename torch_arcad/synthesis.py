@@ -6,11 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from ._validation import check_positive
-from .functional.synthesis import (
-    DEFAULT_CHUNK_ELEMENTS,
-    _log_scale_ratio,
-    synthesize_pseudo_anomalies,
-)
+from .functional.synthesis import DEFAULT_CHUNK_ELEMENTS, synthesize_pseudo_anomalies
 
 __all__ = ["HypersphereAnomalySynthesizer"]
 
@@ -24,9 +20,6 @@ class HypersphereAnomalySynthesizer(nn.Module):
     Args:
         sigma: noise standard deviation of eq. 5 (not given in the paper; 0.015 in the released code).
         num_candidates: N_cand of eq. 6 (paper 5, released code 50).
-        sigma_max: ``None`` (default, eq. 5) or the largest of per-anchor noise scales drawn log-uniformly in
-            ``[sigma, sigma_max]``: pseudo-anomalies at several distances from the normal manifold instead of one
-            thin shell. An option of this library, not of the paper.
         detach: return pseudo-anomalies without gradient to their anchors. The released code keeps the
             gradient (the default here), so L_cls also shapes the bottleneck through the synthetic features.
         chunk_elements: memory bound of the candidate search, in elements.
@@ -37,7 +30,6 @@ class HypersphereAnomalySynthesizer(nn.Module):
         sigma: float = 0.015,
         num_candidates: int = 5,
         *,
-        sigma_max: float | None = None,
         detach: bool = False,
         chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
     ) -> None:
@@ -45,16 +37,14 @@ class HypersphereAnomalySynthesizer(nn.Module):
         check_positive("sigma", sigma, allow_zero=True)
         if num_candidates < 1:
             raise ValueError(f"num_candidates must be >= 1, got {num_candidates}")
-        _log_scale_ratio(sigma, sigma_max)  # validates sigma_max against sigma
         self.sigma = sigma
-        self.sigma_max = sigma_max
         self.num_candidates = num_candidates
         self.detach = detach
         self.chunk_elements = chunk_elements
 
     def extra_repr(self) -> str:
         return (
-            f"sigma={self.sigma}, sigma_max={self.sigma_max}, num_candidates={self.num_candidates}, "
+            f"sigma={self.sigma}, num_candidates={self.num_candidates}, "
             f"detach={self.detach}"
         )
 
@@ -74,7 +64,6 @@ class HypersphereAnomalySynthesizer(nn.Module):
             prototypes,
             sigma=self.sigma,
             num_candidates=self.num_candidates,
-            sigma_max=self.sigma_max,
             generator=generator,
             detach=self.detach,
             chunk_elements=self.chunk_elements,

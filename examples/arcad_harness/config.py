@@ -116,8 +116,8 @@ class ExperimentConfig:
         feature_cache: where the frozen encoder's features of each image are kept, computed once:
             ``"memory"``, ``"disk:<folder>"`` or ``"off"`` (the encoder runs at every step); results are the same
             (see :mod:`arcad_harness.cache`).
-        arcad_options: further keyword arguments of ``torch_arcad.ArcAD`` (e.g. ``{"sigma_reference_dim": 768}``,
-            ``{"alpha": 0.5, "cls_weighting": "classes"}``).
+        arcad_options: further keyword arguments of ``torch_arcad.ArcAD`` (settings of ``torch_arcad.ArcADConfig`` by
+            name, e.g. ``{"mask_threshold": 0.25}``, ``{"mask_weighting": "fraction"}``).
         fusion_holdout: defective training images of each category withheld from training and used only to fit
             the ``fused`` score's weights (see :func:`arcad_harness.data.hold_out_defects`); 0 fits the weights on
             the training defects, which the model was trained on. Needs ``arcad``.

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .._validation import check_dim, check_push_margin, check_rank
+from .._validation import check_dim, check_rank
 
 __all__ = ["defect_guided_loss"]
 
@@ -19,7 +19,6 @@ def defect_guided_loss(
     anomaly_weight: Tensor | None = None,
     synthetic_weight: Tensor | None = None,
     clamp_push: bool = False,
-    push_margin: float | None = None,
     similarities: Tensor | None = None,
     reduction: str = "mean",
 ) -> Tensor:
@@ -39,9 +38,6 @@ def defect_guided_loss(
         anomaly_weight: optional (M,) weights; the mean becomes ``sum w_m L_m / max(sum w_m, 1)``.
         synthetic_weight: optional (S,) weights of the synthetic mean (``sum w_s a_s / max(sum w_s, 1)``).
         clamp_push: apply ``relu`` to the push term (the released code); the paper has none.
-        push_margin: ``None`` (default, eq. 8) or a cosine ``m`` in ``[-1, 1)``: the push term becomes
-            ``relu(max_k a . mu_k - m)``, so an anomaly is pushed only until its cosine to the nearest prototype
-            falls to ``m`` (a push that stops short; ``m = 0`` is ``clamp_push``). An option of this library.
         similarities: optional (M, K) similarities ``a mu^T`` of the l2-normalised anomalies that the caller
             already has (e.g. the matmul of eq. 3-4, computed for every patch). The push term is then read from
             them, ``max_k similarities``, and its gradient flows back through them, so no second (M, K, D)
@@ -57,7 +53,6 @@ def defect_guided_loss(
     check_rank("synthetic", synthetic, 2, "(S, D)")
     check_dim("prototypes", prototypes, 1, anomalies.shape[1], "(K, D) with D = anomalies.shape[1]")
     check_dim("synthetic", synthetic, 1, anomalies.shape[1], "(S, D) with D = anomalies.shape[1]")
-    check_push_margin(push_margin, clamp_push)
     with torch.autocast(device_type=anomalies.device.type, enabled=False):
         a = F.normalize(anomalies.float(), dim=1)
         mu = prototypes.detach().float()
@@ -72,8 +67,6 @@ def defect_guided_loss(
             push = (a @ mu.t()).amax(dim=1)
         if clamp_push:
             push = push.clamp_min(0)
-        elif push_margin is not None:
-            push = (push - push_margin).clamp_min(0)
         syn = synthetic.float()
         if synthetic_weight is None:
             syn_mean = syn.sum(dim=0) / max(syn.shape[0], 1)

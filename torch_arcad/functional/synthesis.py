@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -22,7 +20,6 @@ def synthesize_pseudo_anomalies(
     *,
     sigma: float = 0.015,
     num_candidates: int = 5,
-    sigma_max: float | None = None,
     generator: torch.Generator | None = None,
     detach: bool = False,
     chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
@@ -32,11 +29,6 @@ def synthesize_pseudo_anomalies(
     For each anchor z, ``num_candidates`` candidates :math:`a' = (z + \xi)/\|z + \xi\|`,
     :math:`\xi \sim \mathcal{N}(0, \sigma^2 I)` (eq. 5) are drawn and the one minimising
     :math:`\max_k a'^\top \mu_k` is kept (eq. 6).
-
-    With ``sigma_max`` (an option of this library, not of the paper) each anchor draws its own noise scale,
-    log-uniformly in ``[sigma, sigma_max]`` (its candidates share it), so the pseudo-anomalies spread from the thin
-    shell of eq. 5 at ``sigma`` out to an angle of about ``arccos(1 / sqrt(1 + sigma_max^2 D))`` from their anchors,
-    instead of all sitting on that shell.
 
     The search runs without autograd, in chunks of anchors so that at most ``chunk_elements`` floats of
     candidates (and of candidate-prototype similarities) exist at once; all candidates of a chunk meet the
@@ -48,8 +40,6 @@ def synthesize_pseudo_anomalies(
         prototypes: (K, D) unit-norm prototypes (no gradient is taken through them).
         sigma: noise standard deviation, ``>= 0``.
         num_candidates: N_cand (the paper uses 5, the released code 50).
-        sigma_max: ``None`` (default: every anchor at ``sigma``, eq. 5) or the largest noise scale, ``>= sigma``
-            (``sigma`` must then be ``> 0``). ``sigma_max == sigma`` gives eq. 5 exactly, same random stream.
         generator: optional random generator on the anchors' device.
         detach: return pseudo-anomalies without gradient to the anchors.
         chunk_elements: memory bound of the search, in elements.
@@ -63,7 +53,6 @@ def synthesize_pseudo_anomalies(
     check_positive("sigma", sigma, allow_zero=True)
     if num_candidates < 1:
         raise ValueError(f"num_candidates must be >= 1, got {num_candidates}")
-    log_ratio = _log_scale_ratio(sigma, sigma_max)
     num_anchors, dim = anchors.shape
     per_anchor = num_candidates * max(dim, prototypes.shape[0])
     rows_per_chunk = max(1, chunk_elements // per_anchor)
@@ -73,14 +62,9 @@ def synthesize_pseudo_anomalies(
         mu = prototypes.detach()
         for start in range(0, num_anchors, rows_per_chunk):  # a handful of chunks, not a loop over patches
             z = anchors.detach()[start : start + rows_per_chunk]
-            if log_ratio is None:
-                scale: Tensor | float = sigma
-            else:  # one log-uniform scale per anchor, in [sigma, sigma_max]
-                u = torch.rand((z.shape[0], 1, 1), device=z.device, dtype=z.dtype, generator=generator)
-                scale = u.mul_(log_ratio).exp_().mul_(sigma)
             noise = torch.randn(
                 (z.shape[0], num_candidates, dim), device=z.device, dtype=z.dtype, generator=generator
-            ).mul_(scale)
+            ).mul_(sigma)
             candidates = noise.add_(z.unsqueeze(1))  # z + xi, in place: the chosen noise is recovered below
             # max_k cos(a', mu_k) = max_k (a' . mu_k) / |a'|: no normalised copy of the candidates is needed
             dots = candidates @ mu.t().to(candidates.dtype)  # (n, C, K), all candidates in one matmul
@@ -90,19 +74,3 @@ def synthesize_pseudo_anomalies(
     noise = torch.cat(chosen_noise) if chosen_noise else anchors.new_zeros((0, dim))
     source = anchors.detach() if detach else anchors
     return F.normalize(source + noise, dim=1)
-
-
-def _log_scale_ratio(sigma: float, sigma_max: float | None) -> float | None:
-    """``log(sigma_max / sigma)``, or ``None`` when every anchor uses ``sigma`` (no ``sigma_max``, or equal)."""
-    if sigma_max is None:
-        return None
-    if isinstance(sigma_max, bool) or not (isinstance(sigma_max, (int, float)) and math.isfinite(sigma_max)):
-        raise ValueError(f"sigma_max must be None or a finite float, got {sigma_max!r}")
-    check_positive("sigma_max", sigma_max)
-    if sigma_max < sigma:
-        raise ValueError(f"sigma_max must be >= sigma = {sigma}, got {sigma_max}")
-    if sigma_max == sigma:
-        return None
-    if sigma <= 0:
-        raise ValueError(f"sigma must be > 0 when sigma_max is given (log-uniform scales), got {sigma}")
-    return math.log(sigma_max / sigma)

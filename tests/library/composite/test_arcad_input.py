@@ -11,7 +11,7 @@ from torch_arcad.prototypes import MIN_PATCHES_PER_PROTOTYPE
 
 DIM, K, GRID, SIZE = 16, 6, 4, 32
 STATS_KEYS = {"initialized", "num_normal", "num_anomalous", "num_nonfinite", "prototype_usage",
-              "discriminator_accuracy"}
+              "prototypes_in_use", "normal_similarity", "anomalous_similarity", "discriminator_accuracy"}
 
 
 def make_batch(batch=4, defective=(3,)):

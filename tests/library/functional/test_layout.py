@@ -51,15 +51,17 @@ def test_fractions_count_defect_pixels_per_patch_and_decide_the_patches():
     masks = torch.zeros(2, 1, 8, 12)  # a 2 x 3 grid of 4 x 4 patches
     masks[0, 0, :2, :1] = 1  # 2 of patch (0, 0)'s 16 pixels
     masks[0, 0, 4:, 4:8] = 0.9  # all of patch (1, 1), soft but above the level
-    masks[1, 0, :, 8:] = 0.3  # below the level: no defect
+    masks[1, 0, :, 8:] = 0.3  # soft, but its own mask's peak: defect pixels (the level is relative to the peak)
+    masks[1, 0, :, :1] = 0.1  # below half of that peak: no defect
     fractions = mask_fractions(masks, 2, (2, 3))
     expected = torch.zeros(2, 6)
     expected[0, 0], expected[0, 4] = 2 / 16, 1.0
+    expected[1, 2], expected[1, 5] = 1.0, 1.0
     assert fractions.dtype == torch.float32
     torch.testing.assert_close(fractions, expected)
     for threshold in (0.0, 0.1, 0.2, 0.99):
         assert torch.equal(masks_to_patches(masks, 2, (2, 3), threshold), fractions > threshold)
-    assert mask_fractions(masks, 2, (2, 3), level=0.2)[1, 2] == 1.0
+    assert mask_fractions(masks, 2, (2, 3), level=0.2)[1, 0] == 4 / 16  # 0.1 > 0.2 * 0.3
     with pytest.raises(ValueError, match="mask_level"):
         mask_fractions(masks, 2, (2, 3), level=1.0)
 
@@ -69,8 +71,12 @@ def test_mask_encodings():
     base[0, 0, 0] = 1
     for masks in (base, base.bool(), (base * 255).to(torch.uint8), base * 255):
         assert masks_to_patches(masks, 1, (2, 2)).tolist() == [[True, False, False, False]]
-    soft = torch.full((1, 8, 8), 0.4)  # below 0.5: no defect
-    assert not masks_to_patches(soft, 1, (2, 2)).any()
+    soft = base * 0.4  # a faded defect: its peak pixel is still a defect pixel
+    assert masks_to_patches(soft, 1, (2, 2)).tolist() == [[True, False, False, False]]
+    fringe = base.clone()
+    fringe[0, 7, 7] = 0.4  # below half the mask's peak of 1: not a defect pixel
+    assert masks_to_patches(fringe, 1, (2, 2)).tolist() == [[True, False, False, False]]
+    assert not masks_to_patches(torch.zeros(1, 8, 8), 1, (2, 2)).any()
 
 
 def test_non_divisible_sizes_are_pooled_adaptively():

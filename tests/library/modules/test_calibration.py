@@ -203,48 +203,12 @@ def test_float32_under_autocast():
         (((6, 5), (5,), (4, 5)), {}),
         (((6, 5), (3, 5), (4, 5)), {"similarities": torch.zeros(6, 4)}),
         (((6, 5), (3, 5), (4, 5)), {"reduction": "avg"}),
-        (((6, 5), (3, 5), (4, 5)), {"push_margin": 1.0}),
-        (((6, 5), (3, 5), (4, 5)), {"push_margin": -1.5}),
-        (((6, 5), (3, 5), (4, 5)), {"push_margin": float("nan")}),
-        (((6, 5), (3, 5), (4, 5)), {"push_margin": 0.5, "clamp_push": True}),
     ],
 )
 def test_bad_input_raises_value_error(shapes, kwargs):
     anomalies, prototypes, synthetic = (torch.randn(s) for s in shapes)
     with pytest.raises(ValueError):
         defect_guided_loss(anomalies, prototypes, synthetic, **kwargs)
-
-
-def test_push_margin_stops_the_push_at_the_margin_in_value_and_gradient():
-    anomalies, prototypes, synthetic = case(m=12, k=3, d=4, seed=8)
-    a_hat = anomalies / anomalies.norm(dim=1, keepdim=True)
-    push = (a_hat @ prototypes.t()).amax(1)
-    ordered = push.sort().values
-    margin = float(ordered[5:7].mean())  # between two anomalies' pushes: none sits on the kink
-    below = push < margin
-    assert below.any() and (~below).any()  # both sides of the margin are exercised
-    a32 = anomalies.clone().requires_grad_(True)
-    loss = defect_guided_loss(a32, prototypes, synthetic, push_margin=margin, reduction="none")
-    a64 = anomalies.double().requires_grad_(True)
-    expected = eq8_terms(a64, prototypes, synthetic, margin=margin)
-    torch.testing.assert_close(loss.double(), expected.detach(), **TOLERANCE)
-    loss.sum().backward()
-    expected.sum().backward()
-    torch.testing.assert_close(a32.grad.double(), a64.grad, **TOLERANCE)
-    # below the margin only the pull acts: the gradient is the pull's alone
-    pull_only = anomalies.clone().requires_grad_(True)
-    pull = 1 - (pull_only / pull_only.norm(dim=1, keepdim=True)) @ synthetic.mean(0)
-    pull.sum().backward()
-    torch.testing.assert_close(a32.grad[below], pull_only.grad[below], **TOLERANCE)
-    assert not torch.allclose(a32.grad[~below], pull_only.grad[~below], **TOLERANCE)
-
-
-def test_push_margin_zero_is_the_released_clamp():
-    anomalies, mu, synthetic = opposed_case()
-    torch.testing.assert_close(
-        defect_guided_loss(anomalies, mu, synthetic, push_margin=0.0),
-        defect_guided_loss(anomalies, mu, synthetic, clamp_push=True),
-    )
 
 
 # ------------------------------------------------------------------------------------------------- module
@@ -267,20 +231,6 @@ def test_module_equals_function(clamp_push):
     pull = 1 - a @ ((sw[:, None] * synthetic).sum(0) / sw.sum())
     torch.testing.assert_close(loss, ((push + pull) * aw).sum() / aw.sum())
     assert list(module.parameters()) == []
-
-
-def test_module_passes_push_margin():
-    anomalies, prototypes, synthetic = case(seed=9)
-    module = DefectGuidedLoss(push_margin=0.3)
-    torch.testing.assert_close(
-        module(anomalies, prototypes, synthetic).double(),
-        eq8_terms(anomalies, prototypes, synthetic, margin=0.3).mean(),
-        **TOLERANCE,
-    )
-    assert "push_margin=0.3" in repr(module)
-    for kwargs in ({"push_margin": 1.0}, {"push_margin": True}, {"push_margin": 0.2, "clamp_push": True}):
-        with pytest.raises(ValueError, match="push_margin"):
-            DefectGuidedLoss(**kwargs)
 
 
 def test_module_default_is_the_paper_without_clamp():
