@@ -17,15 +17,9 @@ data set is read in place.
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-for path in (REPO_ROOT, REPO_ROOT / "examples"):  # run as a script from a source checkout
-    if str(path) not in sys.path:
-        sys.path.insert(0, str(path))
 
 import torch
 from arcad_harness.data import load_images

@@ -26,11 +26,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-try:
-    import torch_arcad  # noqa: F401
-except ImportError:  # run as a script from a source checkout
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -40,9 +35,6 @@ DEFECT_SIDE: int = 32
 
 
 def _harness():  # noqa: ANN202
-    examples = str(REPO_ROOT / "examples")
-    if examples not in sys.path:
-        sys.path.insert(0, examples)
     import arcad_harness
 
     return arcad_harness
@@ -55,7 +47,7 @@ def _build(baseline: str, image_size: int, batch_size: int, arcad: bool) -> tupl
         harness.ExperimentConfig(baseline=baseline, image_size=image_size, batch_size=batch_size, arcad=arcad),
         synthetic=False,
     )
-    example = harness.load_example(baseline)
+    example = harness.get_detector(baseline)
     torch.manual_seed(0)
     return example, example.build(cfg)
 

@@ -2,7 +2,7 @@
 
 Usage::
 
-    python benchmarks/speed.py [--quick] [--device cpu|cuda] [--out results.json] [--sinkhorn-only]
+    python -m benchmarks.speed [--quick] [--device cpu|cuda] [--out results.json] [--sinkhorn-only]
 
 What it measures:
 
@@ -36,9 +36,9 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:  # run as a script: the benchmarks package (and a source checkout) import
-    sys.path.insert(0, str(REPO_ROOT))
+if __name__ == "__main__" and not __package__:  # run as a file: ``benchmarks`` is importable only as a package
+    command = " ".join(["python -m benchmarks.speed", *sys.argv[1:]])
+    sys.exit(f"run this benchmark as a module, from the repository root: {command}")
 
 from benchmarks.comparisons import check_agreement, compare_with_pot, compare_with_swav  # noqa: E402
 from benchmarks.measure import (  # noqa: E402

@@ -16,7 +16,6 @@ import dataclasses
 import math
 import os
 import platform
-import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -50,20 +49,14 @@ SNAPSHOTS_DIR: str = "snapshots"
 
 
 def harness() -> Any:
-    """The examples harness (``arcad_harness``): installed, or from this source checkout's ``examples/``."""
+    """The examples harness (``arcad_harness``), installed with this distribution."""
     try:
         import arcad_harness
-    except ImportError:
-        examples = str(REPO_ROOT / "examples")
-        if examples not in sys.path:  # a checkout where the harness is not installed
-            sys.path.append(examples)
-        try:
-            import arcad_harness
-        except ImportError as error:  # pragma: no cover - depends on the checkout
-            raise ImportError(
-                f"the cold-start benchmark needs the examples harness (examples/arcad_harness) and its optional "
-                f'dependencies (pip install -e ".[examples]"): {error}'
-            ) from error
+    except ImportError as error:  # pragma: no cover - depends on the installation
+        raise ImportError(
+            f"the cold-start benchmark needs the examples harness (arcad_harness, installed by pip install -e "
+            f'".[examples]" from this checkout) and its optional dependencies: {error}'
+        ) from error
     return arcad_harness
 
 
