@@ -14,7 +14,7 @@ memory-mapped) for sets too large for memory. ``"off"`` runs the encoder at ever
 
 Results are the same with and without the cache: the frozen encoder processes each image independently (eval-mode
 BatchNorm, no dropout), so features differ only by the rounding of batched convolutions over other batch
-compositions (about 1e-7 relative); ``tests/test_examples.py`` checks losses and metrics on a tiny set. An image is
+compositions (about 1e-7 relative); ``tests/harness/test_cache.py`` checks losses and metrics on a tiny set. An image is
 identified by its path, modification time and size.
 """
 

@@ -9,9 +9,9 @@ every ``resume_every`` steps, and a run that finds a snapshot of the same traini
 * the diagnostics recorded so far, the prototype usage counts and the training time spent.
 
 The batch order is not stored: the batches of steps ``1..s`` are drawn again from the seed, and the frozen encoder's
-features of their images are computed in the same order as in the first process, so the feature cache holds the
-same values (batched convolutions round by batch composition). A run resumed from the snapshot of step ``s`` then
-takes steps ``s + 1, ...`` exactly as the uninterrupted run does, to the digit (``tests/test_examples.py``), when
+features of their images are computed in the same order as in the first process, so the feature cache holds the same
+values (batched convolutions round by batch composition). A run resumed from the snapshot of step ``s`` then takes
+steps ``s + 1, ...`` exactly as the uninterrupted run does, to the digit (``tests/harness/test_snapshots.py``), when
 that run also started with an empty in-memory cache or used ``feature_cache="off"`` / a disk cache.
 
 Snapshots are written only once ArcAD's prototypes are initialised (the online initialisation's buffer of pending

@@ -168,3 +168,17 @@ def test_load_example_is_a_deprecated_alias_of_the_registry() -> None:
     with pytest.warns(DeprecationWarning, match="use arcad_harness.get_detector"):
         spec = harness.load_example("recontrast")
     assert spec is get_detector("recontrast") and spec.model.__name__ == "ReContrast"
+
+
+def test_trainable_parameters_of_the_default_encoder_are_the_documented_ones(cache: Path) -> None:
+    # docs/examples.md ("What differs from the official recipes") names each detector with its size
+    table = (REPO_ROOT / "docs" / "examples.md").read_text(encoding="utf-8")
+    expected = {
+        "rd4ad": ("RD4AD-style", 0.37), "dinomaly": ("Dinomaly-style", 1.37), "recontrast": ("ReContrast-style", 5.04)
+    }
+    for baseline, (name, millions) in expected.items():
+        cfg = harness.resolve_config(tiny(baseline, cache, width=None, num_prototypes=None), synthetic=True)
+        model = get_detector(baseline).build(cfg).model
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        assert round(trainable / 1e6, 2) == millions, (baseline, trainable)
+        assert f"| {name}, EfficientNet-Lite0 (default) | {millions:.2f} M |" in table
