@@ -314,12 +314,11 @@ class ArcAD(nn.Module):
             return  # Python side effects would break the graph; the counts remain in `stats`
         if not all(self._input_warnings.issued):
             zero = w.defective.new_zeros((), dtype=torch.long)
-            flagged = w.anomalous.any(dim=1)
             counts = torch.stack(
                 [
                     (~w.finite).sum(),
-                    (flagged & ~w.defective).sum() if has_labels and has_masks else zero,
-                    (w.defective & ~flagged).sum() if has_masks else zero,
+                    (w.marked & ~w.defective).sum() if has_labels and has_masks else zero,
+                    (w.defective & ~w.anomalous.any(dim=1)).sum() if has_masks else zero,
                     w.defective.sum() if has_labels and not has_masks else zero,
                 ]
             )

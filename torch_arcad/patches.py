@@ -31,7 +31,9 @@ class PatchWeights(NamedTuple):
         cls_real: (B * n,) float, each patch's weight in eq. 9's real group.
         cls_target: (B * n,) float 0/1, eq. 9's target of each patch, and what its real group's mean divides by.
         anomalous: (B, n) bool, patches whose defect fraction exceeds the threshold (any image).
-        defective: (B,) bool, defective images (the labels, else whether the mask marks a patch).
+        marked: (B,) bool, images whose mask marks at least one defect pixel.
+        defective: (B,) bool, defective images: the labels, else ``marked`` (so an image whose defect is too thin
+            for the threshold is still defective: its patches are never taken as normal).
     """
 
     finite: Tensor
@@ -41,13 +43,15 @@ class PatchWeights(NamedTuple):
     cls_real: Tensor
     cls_target: Tensor
     anomalous: Tensor
+    marked: Tensor
     defective: Tensor
 
 
 class PatchWeighting:
     """The selection and weighting policy of real anomaly patches.
 
-    A patch is a real anomaly (eq. 7) when its image is defective and the share of its pixels that are defect
+    An image is defective when its label says so, or, without labels, when its mask marks any defect pixel. A
+    patch is a real anomaly (eq. 7) when its image is defective and the share of its pixels that are defect
     pixels (:func:`~torch_arcad.layout.mask_fractions`) exceeds ``threshold``. With ``weighting="binary"`` (the
     paper) each real anomaly has weight 1 in eq. 8 and in eq. 9's real group; with ``"fraction"`` its terms are
     multiplied by its defect fraction while the means stay over the anomalous patches. Eq. 9's positives are the
@@ -94,22 +98,21 @@ class PatchWeighting:
         batch, num_patches = finite.shape
         device = finite.device
         fractions = mask_fractions(masks, batch, grid, level=self.level).to(device) if masks is not None else None
-        anomalous = (
-            fractions > self.threshold
-            if fractions is not None
-            else torch.zeros(batch, num_patches, dtype=torch.bool, device=device)
-        )
-        defective = image_labels(labels, anomalous if masks is not None else None, batch, device)
+        if fractions is None:
+            fractions = torch.zeros(batch, num_patches, device=device)
+        anomalous = fractions > self.threshold
+        marked = (fractions > 0).any(dim=1)
+        defective = image_labels(labels, rearrange(marked, "b -> b 1") if masks is not None else None, batch, device)
         per_image = rearrange(defective, "b -> b 1")
         flat_finite = rearrange(finite, "b n -> (b n)")
         normal = rearrange(~per_image & finite, "b n -> (b n)").float()
         real_count = rearrange(anomalous & per_image & finite, "b n -> (b n)").float()
         real = real_count
-        if self.weighting == "fraction" and fractions is not None:
+        if self.weighting == "fraction":
             real = real_count * rearrange(fractions, "b n -> (b n)")
         if self.cls_anomalies == "image":
             cls_target = rearrange(per_image & finite, "b n -> (b n)").float()
             cls_real = cls_target
         else:
             cls_target, cls_real = real_count, real
-        return PatchWeights(flat_finite, normal, real, real_count, cls_real, cls_target, anomalous, defective)
+        return PatchWeights(flat_finite, normal, real, real_count, cls_real, cls_target, anomalous, marked, defective)

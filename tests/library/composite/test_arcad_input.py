@@ -265,3 +265,73 @@ def test_half_precision_module_keeps_prototypes_and_losses_float32(convert, pres
     train(x, masks=masks).loss.backward()
     assert x.grad.dtype == torch.float32 and torch.isfinite(x.grad).all()
     assert model.prototypes.prototypes.dtype == torch.float32
+
+
+def test_a_defective_image_without_an_anomalous_patch_warns_once():
+    model = ready(mask_threshold=0.5)
+    features = torch.randn(4, DIM, GRID, GRID)
+    masks = torch.zeros(4, SIZE, SIZE)
+    masks[3, 10, :] = 1  # a 1-pixel line: an eighth of each patch it crosses, below the threshold
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(3):
+            out = model(features, masks=masks)
+    messages = [str(w.message) for w in caught]
+    assert len(messages) == 1 and "1 defective image(s) have no anomalous patch" in messages[0], messages
+    assert caught[0].filename == __file__
+    # derived from the mask, the image is defective: none of its patches is taken as normal, none is a real anomaly
+    assert out.stats["num_normal"].item() == 3 * GRID * GRID and out.stats["num_anomalous"].item() == 0
+
+
+def test_labels_without_masks_warn_once():
+    model = ready()
+    features = torch.randn(4, DIM, GRID, GRID)
+    with pytest.warns(UserWarning, match="labelled defective but no masks were given") as caught:
+        out = model(features, labels=torch.tensor([0, 0, 1, 1]))
+    assert "2 image(s)" in str(caught[0].message)
+    assert out.stats["num_normal"].item() == 2 * GRID * GRID and out.stats["num_anomalous"].item() == 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model(features, labels=torch.tensor([0, 0, 1, 1]))  # once only
+        model(features)  # no labels, no masks: an all-normal batch, nothing to say
+
+
+def test_the_k_warning_waits_for_a_batch_with_normal_patches():
+    model = ArcAD(DIM, 60)
+    features, masks = make_batch(defective=(0, 1, 2, 3))  # no normal image: nothing to say about K yet
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model(features, masks=masks)
+    features, masks = make_batch()  # 3 normal images: 48 normal patches for 60 prototypes
+    with pytest.warns(UserWarning, match="num_prototypes=60 is large for the 48 normal patches"):
+        model(features, masks=masks)
+
+
+def test_the_wrong_dimension_names_the_callers_shape():
+    model = ArcAD(DIM, K, prefix_tokens=1)
+    with pytest.raises(ValueError, match=r"\(B, N, D\) with D = dim = 16, got shape \(2, 17, 8\)"):
+        model(torch.randn(2, 17, 8))
+
+
+def test_similarity_and_usage_stats_match_a_transcription():
+    torch.manual_seed(1)
+    model = ready().eval()
+    features, masks = make_batch()
+    mu = model.prototypes.prototypes.clone()  # the step's (pre-update) prototypes
+    stats = model(features, masks=masks).stats
+    z = torch.nn.functional.normalize(features.permute(0, 2, 3, 1).reshape(4, GRID * GRID, DIM), dim=-1)
+    best, nearest = (z @ mu.t()).max(dim=-1)
+    anomalous = torch.nn.functional.adaptive_max_pool2d(masks[3][None, None], GRID).flatten() > 0
+    torch.testing.assert_close(stats["normal_similarity"], best[:3].mean())
+    torch.testing.assert_close(stats["anomalous_similarity"], best[3][anomalous].mean())
+    assert stats["prototypes_in_use"].item() == len(set(nearest[:3].flatten().tolist()))
+    assert torch.equal(stats["prototype_usage"], torch.bincount(nearest[:3].flatten(), minlength=K).float())
+
+
+def test_similarity_stats_are_nan_without_the_patches_they_average():
+    model = ready()
+    features, masks = make_batch(defective=())
+    stats = model(features, masks=masks).stats
+    assert torch.isnan(stats["anomalous_similarity"]) and torch.isfinite(stats["normal_similarity"])
+    before = ArcAD(DIM, K, init_factor=100)(features, masks=masks).stats  # 600 patches needed, 64 given
+    assert torch.isnan(before["normal_similarity"]) and before["prototypes_in_use"].item() == 0
