@@ -38,7 +38,6 @@ __all__ = [
     "snapshot_dir",
 ]
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 #: Harness fields set per run or without effect on the results; they are not part of the shared settings.
 PER_RUN_FIELDS: tuple[str, ...] = (
     "baseline", "arcad", "categories", "seed", "split_seed", "split_path", "output_dir", "figures", "data_root",
