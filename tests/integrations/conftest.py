@@ -1,20 +1,19 @@
 """Tests of ``torch_arcad.integrations`` against the real frameworks (anomalib 2.7.0), run in their own environment.
 
-They need the framework installed (``pip install -e ".[anomalib,test]"`` on torch 2.14.1 / torchvision 0.29.1, see
-README.md); without it (the core environment) this folder is not collected. The second environment runs them
-explicitly (``python -m pytest -q tests/integrations``), so there they cannot be skipped silently: a missing
-anomalib then fails at import.
+They need the framework installed (``pip install anomalib==2.7.0 -e ".[anomalib,test]"`` on torch 2.14.1 /
+torchvision 0.29.1, see README.md); without it (the core environment) this folder is not collected. The second
+environment runs them explicitly (``python -m pytest -q tests/integrations``), so they cannot be skipped silently
+there: without anomalib nothing is collected and pytest exits with an error (no tests ran).
 """
 
 from __future__ import annotations
 
 import importlib.util
-import os
 from pathlib import Path
 
 import pytest
 
-if importlib.util.find_spec("anomalib") is None and not os.environ.get("TORCH_ARCAD_REQUIRE_ANOMALIB"):
+if importlib.util.find_spec("anomalib") is None:
     collect_ignore_glob = ["test_*.py"]
 
 
