@@ -66,7 +66,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="ArcAD's K (default: suggest_num_prototypes of the patches a batch holds)")
     parser.add_argument("--accelerator", default="auto", help="Lightning accelerator (cpu, gpu, auto)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
-    parser.add_argument("--output-dir", type=Path, default=Path("results/anomalib_coldstart"))
+    parser.add_argument("--output-dir", type=Path, default=Path("outputs/anomalib_coldstart"))
     args = parser.parse_args(argv)
     if args.dinomaly_size % 14:
         parser.error(f"--dinomaly-size must be a multiple of 14 (the ViT's patch), got {args.dinomaly_size}")
