@@ -282,3 +282,16 @@ def test_real_data_layout_counts(real_data):
     item = MVTecDataset(tile.test_defects[:1], image_size=256)[0]
     expected = np.asarray(Image.open(tile.test_defects[0].mask)) > 127
     assert item["image"].shape == (3, 256, 256) and torch.equal(item["mask"][0], torch.from_numpy(expected).float())
+
+
+def test_a_thin_scratch_survives_a_shrinking_resize(tmp_path):
+    mask = np.zeros((64, 64), dtype=np.uint8)
+    mask[30, 5:60] = 255  # a 1-pixel scratch
+    image = save(tmp_path / "scratch.png", np.zeros((64, 64, 3), dtype=np.uint8))
+    mask_path = save(tmp_path / "scratch_mask.png", mask)
+    sample = MVTecSample(image=image, label=1, category="widget", defect="scratch", mask=mask_path)
+    faded = np.asarray(Image.fromarray(mask).resize((16, 16), Image.Resampling.BILINEAR), dtype=np.float32) / 255
+    assert 0 < faded.max() < 0.5  # an absolute threshold at 0.5 would erase the scratch
+    out = MVTecDataset([sample], 16)[0]["mask"][0]
+    assert out.sum() > 0 and set(out.unique().tolist()) <= {0.0, 1.0}
+    assert out[7:9].sum() == out.sum()  # still a line, where the scratch was (row 30 of 64 -> row 7.5 of 16)

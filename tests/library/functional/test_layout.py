@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -7,6 +9,7 @@ from torch_arcad.layout import (
     image_labels,
     mask_fractions,
     masks_to_patches,
+    summarize_defect_fractions,
 )
 
 
@@ -118,3 +121,18 @@ def test_mask_level_counts_soft_fringes():
     assert torch.equal(masks_to_patches(masks, 1, (2, 2), level=0.0), expected)
     with pytest.raises(ValueError, match="mask_level"):
         masks_to_patches(masks, 1, (2, 2), level=1.0)
+
+
+def test_defect_fraction_summary_of_thin_and_filling_defects():
+    masks = torch.zeros(3, 32, 32)
+    masks[0, 5, :] = 1  # a 1-pixel line: an eighth of each of the 4 patches of its grid row
+    masks[1, :16, :16] = 1  # fills patch (0, 0) of a 2 x 2 grid... on a 4 x 4 grid, four whole patches
+    summary = summarize_defect_fractions(masks, 4)
+    assert summary.images == 2 and summary.patches == 4 + 4
+    assert summary.mean == pytest.approx((4 * 1 / 8 + 4 * 1.0) / 8)
+    assert summary.median == pytest.approx(torch.tensor([1 / 8] * 4 + [1.0] * 4).double().median().item())
+    assert summary.at_least_quarter == 4
+    assert summarize_defect_fractions(masks[:1], (4, 4)).thin
+    assert not summarize_defect_fractions(masks[1:2], (4, 4)).thin
+    empty = summarize_defect_fractions(torch.zeros(2, 8, 8), 2)
+    assert empty.patches == 0 and empty.images == 0 and math.isnan(empty.mean)
