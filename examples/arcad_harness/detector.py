@@ -34,6 +34,7 @@ __all__ = [
     "Setup",
     "StepOutput",
     "arcad_kwargs",
+    "term_gradients",
     "decoded_rows",
     "with_features",
     "init_prototypes_from_features",
@@ -192,11 +193,60 @@ class StepOutput(NamedTuple):
         loss: the total loss of the step (detached scalar).
         recon: the reconstruction loss (detached scalar).
         calibration: ArcAD's output (``None`` without ArcAD).
+        gradients: on the steps the harness asks for them (``train_step(..., diagnose=True)``), the size of each
+            term's gradient on the bottleneck (:func:`term_gradients`); ``None`` otherwise.
     """
 
     loss: Tensor
     recon: Tensor
     calibration: torch_arcad.ArcADOutput | None
+    gradients: dict[str, float] | None = None
+
+
+def term_gradients(
+    module: nn.Module, recon: Tensor, arcad: torch_arcad.ArcAD | None, calibration: torch_arcad.ArcADOutput | None
+) -> dict[str, float]:
+    """How hard each loss term pulls on ``module`` (the bottleneck): for a diagnostic step, before ``backward``.
+
+    Each term's gradient on the module's trainable parameters is taken on its own (``autograd.grad`` with the graph
+    kept, so the step's ``backward`` that follows is unchanged, and no ``.grad`` is touched): ``grad_recon`` for the
+    reconstruction loss and ``grad_spm``, ``grad_dgc``, ``grad_cls`` for ArcAD's terms times their lambdas (the
+    global L2 norm over the parameters), and ``cos_<term>`` for the cosine between an ArcAD term's gradient and the
+    reconstruction's (negative: the term works against the decoder's fit). It reads the values to the host, so
+    call it on a few steps only.
+
+    Args:
+        module: the module whose parameters are measured.
+        recon: the reconstruction loss (scalar, with its graph).
+        arcad: the ArcAD module (its lambdas), or ``None``.
+        calibration: ArcAD's output of the step (with its graph), or ``None``.
+
+    Returns:
+        ``{"grad_recon": ..., "grad_spm": ..., "cos_spm": ..., ...}`` (ArcAD's entries only with ArcAD).
+    """
+    params = [p for p in module.parameters() if p.requires_grad]
+    terms = {"recon": recon}
+    if arcad is not None and calibration is not None:
+        config = arcad.config
+        terms.update(
+            spm=config.lambda_spm * calibration.spm,
+            dgc=config.lambda_dgc * calibration.dgc,
+            cls=config.lambda_cls * calibration.cls,
+        )
+    flat = {}
+    for name, term in terms.items():
+        if not term.requires_grad:
+            flat[name] = torch.zeros(sum(p.numel() for p in params), device=recon.device)
+            continue
+        grads = torch.autograd.grad(term, params, retain_graph=True, allow_unused=True)
+        flat[name] = torch.cat(
+            [(g if g is not None else torch.zeros_like(p)).reshape(-1).float() for g, p in zip(grads, params)]
+        )
+    result = {f"grad_{name}": float(v.norm()) for name, v in flat.items()}
+    for name in terms:
+        if name != "recon":
+            result[f"cos_{name}"] = float(torch.nn.functional.cosine_similarity(flat[name], flat["recon"], dim=0))
+    return result
 
 
 def num_prototypes(cfg: ExperimentConfig, model: Detector) -> int:

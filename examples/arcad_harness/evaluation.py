@@ -22,8 +22,9 @@ own rule: RD4AD and ReContrast the maximum, Dinomaly the mean of the top 1%):
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -204,10 +205,13 @@ class CategoryResult:
     Attributes:
         metrics: kind -> {metric: value in [0, 1]}.
         examples: list of {"image": uint8 (3, H, W), "mask": bool (H, W), "label", "path", "maps": kind -> (H, W)}.
+        recon_error: the reconstruction map's mean on the normal test images (``"normal"``: the decoder's error on
+            normal test patches) and on the defect pixels of the defective ones (``"defect"``).
     """
 
     metrics: dict[str, dict[str, float]]
     examples: list[dict[str, Any]]
+    recon_error: dict[str, float] = field(default_factory=dict)
 
 
 def _figure_indices(samples: Sequence[MVTecSample]) -> set[int]:
@@ -282,4 +286,9 @@ def evaluate_category(
         except ValueError as error:
             raise ValueError(f"category {category!r}, score {kind!r}: {error}") from error
         metrics[kind] = {metric: float(values[metric]) for metric in METRICS}
-    return CategoryResult(metrics=metrics, examples=examples)
+    recon = torch.cat(pixel_maps["recon"])
+    recon_error = {
+        "normal": float(recon[all_labels == 0].mean()),
+        "defect": float(recon[all_masks.bool()].mean()) if all_masks.any() else math.nan,
+    }
+    return CategoryResult(metrics=metrics, examples=examples, recon_error=recon_error)

@@ -44,7 +44,7 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
         ``{"config": resolved config dict (with the K used), "arm": "arcad" | "baseline", "headline": score kind,
         "score_kinds": [...], "categories": {category: {kind: {"i_auroc", "p_auroc", "p_f1_max", "aupro"}}},
         "mean": {kind: {...}}, "fusion": {model: weights and statistics} (ArcAD only), "train_time_s",
-        "eval_time_s", "load_time_s", "diagnostics": {model: {"history": [...], "prototype_usage": [...], ...}},
+        "eval_time_s", "load_time_s", "diagnostics": {model: {"history": [...], "prototype_usage": [...], "test_recon_error": {category: {"normal", "defect"}}, ...}},
         "split": {category: {"train_normal", "train_defective", "test", "test_normal", "test_defective"}},
         "data_root", "files": {name: path}}``. Metrics are fractions in [0, 1]. A model is named after its
         category in the single setting and ``"multi"`` in the multi setting.
@@ -101,6 +101,7 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
             result = evaluate_category(trained, fusion, category, samples, cfg, want_figures)
             categories[category] = result.metrics
             overlays[category] = result.examples
+            diagnostics[name].setdefault("test_recon_error", {})[category] = result.recon_error
             headline = result.metrics[cfg.score]
             log(
                 f"[{cfg.baseline}{'+arcad' if cfg.arcad else ''} {category}] {cfg.score}: "

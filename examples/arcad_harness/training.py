@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 import time
 from collections.abc import Callable
@@ -72,12 +73,20 @@ def _step_record(step: int, out: StepOutput, patches_per_step: int) -> tuple[dic
         if initialized:
             anomalous = float(stats["num_anomalous"])
             record["anomalous_fraction"] = anomalous / patches_per_step
+            record["anomalous_patches"] = int(anomalous)
+            record["prototypes_in_use"] = int(stats["prototypes_in_use"])
+            for key in ("normal_similarity", "anomalous_similarity"):
+                value = float(stats[key])
+                if math.isfinite(value):  # NaN: no patch of that kind in the step
+                    record[key] = value
             accuracy = stats["discriminator_accuracy"].tolist()
             record[ACCURACY_KEYS[0]] = accuracy[0]
             record[ACCURACY_KEYS[1]] = accuracy[1]
             if anomalous > 0:  # the accuracy on real anomalies is undefined without any
                 record[ACCURACY_KEYS[2]] = accuracy[2]
             usage = stats["prototype_usage"].detach().double().cpu()
+    if out.gradients is not None:
+        record.update(out.gradients)
     return record, usage
 
 
@@ -113,7 +122,12 @@ def train_model(
     ``loss_arcad`` (the weighted sum), ``loss_spm``, ``loss_dgc``, ``loss_cls``, ``initialized``,
     ``anomalous_fraction`` (anomalous patches / all patches of the step), ``disc_acc_normal``,
     ``disc_acc_synthetic`` and ``disc_acc_real`` (the discriminator's accuracy on each kind; the last only when
-    the step had real anomalous patches). ``diagnostics["prototype_usage"]`` sums
+    the step had real anomalous patches), ``anomalous_patches``, ``prototypes_in_use``, ``normal_similarity`` and
+    ``anomalous_similarity`` (ArcAD's stats: a falling normal similarity is normal texture drifting away from the
+    prototypes). On the logged steps (``cfg.log_every``), when the detector's ``train_step`` takes ``diagnose``,
+    also the size of each term's gradient on the bottleneck and its cosine with the reconstruction loss's
+    (:func:`~arcad_harness.detector.term_gradients`: ``grad_recon``, ``grad_spm``, ``cos_spm``, ...); they change
+    nothing in the training. ``diagnostics["prototype_usage"]`` sums
     ``stats["prototype_usage"]`` (normal patches nearest to each prototype) over all steps.
 
     With ``cfg.resume_dir`` the training state is written there every ``cfg.resume_every`` steps, and a snapshot
@@ -197,9 +211,12 @@ def train_model(
     if arcad is not None:
         arcad.train()
     window_start, window_steps = time.perf_counter(), 0
+    diagnoses = "diagnose" in inspect.signature(detector.train_step).parameters
     for step in range(first_step, cfg.steps + 1):
         batch = with_features(train_set.batch(next(batches_iter), device), model, store, cfg.image_size)
-        out = detector.train_step(model, arcad, optimizer, batch, (step - 1) / cfg.steps)
+        logged = bool(cfg.log_every) and (step % cfg.log_every == 0 or step == cfg.steps)
+        extra = {"diagnose": True} if diagnoses and logged else {}
+        out = detector.train_step(model, arcad, optimizer, batch, (step - 1) / cfg.steps, **extra)
         record, usage = _step_record(step, out, patches_per_step)
         if not all(math.isfinite(v) for k, v in record.items() if k.startswith("loss")):
             raise FloatingPointError(f"{prefix} step {step}: a loss is not finite: {record}")

@@ -79,3 +79,24 @@ def test_real_data_in_mvtec_layout(tmp_path: Path, real_data) -> None:
     result = harness.run_experiment(cfg)
     check_result(result, ALL_KINDS, ["tire"])
     assert result["split"]["tire"]["train_normal"] == 63 and result["split"]["tire"]["train_defective"] == 7
+
+
+@pytest.mark.parametrize("baseline", ["rd4ad", "dinomaly", "recontrast"])
+def test_gradient_diagnostics_on_logged_steps_change_nothing(baseline: str, cache: Path) -> None:
+    quiet = harness.run_experiment(tiny(baseline, cache, log_every=0))
+    logged = harness.run_experiment(tiny(baseline, cache, log_every=2))
+    assert logged["categories"] == quiet["categories"]  # the same training, to the last digit
+    history = logged["diagnostics"]["grid"]["history"]
+    diagnosed = [r for r in history if "grad_recon" in r]
+    assert [r["step"] for r in diagnosed] == [s for s in range(1, len(history) + 1) if s % 2 == 0 or s == len(history)]
+    assert not any("grad_recon" in r for r in quiet["diagnostics"]["grid"]["history"])
+    for record in diagnosed:
+        assert record["grad_recon"] > 0 and record["grad_spm"] >= 0 and record["grad_cls"] >= 0
+        assert all(-1.0 - 1e-6 <= record[f"cos_{t}"] <= 1.0 + 1e-6 for t in ("spm", "dgc", "cls"))
+        if record["anomalous_patches"] == 0:
+            assert record["grad_dgc"] == 0.0  # L_dgc has no real anomaly to push
+    errors = logged["diagnostics"]["grid"]["test_recon_error"]["grid"]
+    assert errors["normal"] > 0 and errors["defect"] > 0
+    for record in history:
+        if record.get("initialized"):
+            assert -1.0 <= record["normal_similarity"] <= 1.0 and 1 <= record["prototypes_in_use"] <= 8

@@ -40,7 +40,7 @@ import torch_arcad
 
 from ..config import BETAS, VIT_ENCODERS, ExperimentConfig
 from ..data import Batch
-from ..detector import Detector, Reconstruction, Setup, StepOutput, arcad_kwargs, decoded_rows
+from ..detector import Detector, Reconstruction, Setup, StepOutput, arcad_kwargs, decoded_rows, term_gradients
 from ..encoders import CNNTokens, ViTTokens, build_cnn, build_vit
 from ..losses import global_cosine_loss
 from ..maps import cosine_distance_map, top_fraction_score, upsample
@@ -160,9 +160,16 @@ def build(cfg: ExperimentConfig) -> Setup:
 
 
 def train_step(
-    model: Dinomaly, arcad: torch_arcad.ArcAD | None, optimizer: torch.optim.Optimizer, batch: Batch, progress: float
+    model: Dinomaly,
+    arcad: torch_arcad.ArcAD | None,
+    optimizer: torch.optim.Optimizer,
+    batch: Batch,
+    progress: float,
+    *,
+    diagnose: bool = False,
 ) -> StepOutput:
-    """One optimiser step on a batch of normal and defective images."""
+    """One optimiser step on a batch of normal and defective images (``diagnose``: measure each term's gradient
+    on the bottleneck first, :func:`~arcad_harness.detector.term_gradients`)."""
     images, masks, labels = batch.images, batch.masks, batch.labels
     # z for every image; the decoder sees the normal images only
     rec = model(images, features=batch.features, decode=labels == 0)
@@ -171,10 +178,11 @@ def train_step(
     if arcad is not None:
         calibration = arcad(rec.z, masks=masks, labels=labels)  # z: (B, prefix + h * w, D) tokens
         loss = loss_recon + calibration.loss  # ArcAD 3/3
+    gradients = term_gradients(model.bottleneck, loss_recon, arcad, calibration) if diagnose else None
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
-    return StepOutput(loss.detach(), loss_recon.detach(), calibration)
+    return StepOutput(loss.detach(), loss_recon.detach(), calibration, gradients)
 
 
 SPEC = register_detector(

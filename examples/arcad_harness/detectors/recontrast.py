@@ -39,7 +39,7 @@ import torch_arcad
 
 from ..config import BETAS, ExperimentConfig
 from ..data import Batch
-from ..detector import Detector, Reconstruction, Setup, StepOutput, arcad_kwargs, decoded_rows
+from ..detector import Detector, Reconstruction, Setup, StepOutput, arcad_kwargs, decoded_rows, term_gradients
 from ..encoders import CNNFeatures, build_cnn, trainable_copy
 from ..losses import global_cosine_loss
 from ..maps import cosine_distance_map, max_score, upsample
@@ -158,8 +158,11 @@ def train_step(
     optimizer: torch.optim.Optimizer,
     batch: Batch,
     progress: float,
+    *,
+    diagnose: bool = False,
 ) -> StepOutput:
-    """One optimiser step on a batch of normal and defective images."""
+    """One optimiser step on a batch of normal and defective images (``diagnose``: measure each term's gradient
+    on the bottleneck first, :func:`~arcad_harness.detector.term_gradients`)."""
     images, masks, labels = batch.images, batch.masks, batch.labels
     # z for every image; the decoder sees the normal images only (its loss and its BatchNorm statistics)
     rec = model(images, features=batch.features, decode=labels == 0)
@@ -169,10 +172,11 @@ def train_step(
         # z stacks the two branches, (2B, D, h, w): masks and labels follow the stacking.
         calibration = arcad(rec.z, masks=masks.repeat(BRANCHES, 1, 1), labels=labels.repeat(BRANCHES))
         loss = loss_recon + calibration.loss  # ArcAD 3/3
+    gradients = term_gradients(model.bottleneck, loss_recon, arcad, calibration) if diagnose else None
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
-    return StepOutput(loss.detach(), loss_recon.detach(), calibration)
+    return StepOutput(loss.detach(), loss_recon.detach(), calibration, gradients)
 
 
 SPEC = register_detector(
