@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import builtins
 import dataclasses
+import functools
 from pathlib import Path
 
 import pytest
@@ -25,10 +26,12 @@ class _Stopped(Exception):
 
 
 def _stop_at(monkeypatch: pytest.MonkeyPatch, baseline: str, step: int) -> None:
-    """Make the example's ``train_step`` raise :class:`_Stopped` when it is called for the ``step``-th time."""
+    """Make the detector's ``train_step`` raise :class:`_Stopped` when it is called for the ``step``-th time (the
+    wrapper keeps its signature, which the training loop reads)."""
     example = get_detector(baseline)
     original, calls = example.train_step, []
 
+    @functools.wraps(original)
     def stopping(*args, **kwargs):
         calls.append(1)
         if len(calls) == step:
