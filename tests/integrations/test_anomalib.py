@@ -196,6 +196,28 @@ def test_decoder_gradient_comes_from_normal_images_only(mvtec_root, make):
     assert any(not torch.allclose(bottleneck_a[n], bottleneck_b[n]) for n in bottleneck_a)
 
 
+def test_rd_frozen_encoder_keeps_its_running_statistics(mvtec_root):
+    # anomalib's RD4AD puts its encoder in eval mode inside forward: the normal-rows BatchNorm statistics of the
+    # training step apply to the bottleneck and decoder only, and the encoder's features are its eval-mode ones
+    torch.manual_seed(0)
+    model = rd_model()
+    model.train()  # as Lightning does: the encoder too, until RD4AD's forward sets it to eval
+    batch = training_batch(mvtec_root, model)
+    encoder = model.model.encoder
+    stats = {k: v.clone() for k, v in encoder.state_dict().items()}
+    seen = {}
+    handle = encoder.register_forward_hook(lambda module, inputs, output: seen.update(output))
+    logged_step(model, batch)
+    handle.remove()
+    for key, value in encoder.state_dict().items():
+        torch.testing.assert_close(value, stats[key], msg=key)
+    encoder.eval()
+    with torch.no_grad():
+        expected = encoder(batch.image)
+    for name, features in expected.items():
+        torch.testing.assert_close(seen[name], features)
+
+
 # ------------------------------------------------------------------------------------------- the Engine
 
 

@@ -154,7 +154,10 @@ def timm_weights(weights: PathLike | None) -> Iterator[None]:
 
 
 def _batch_norm_from_rows(norm: nn.modules.batchnorm._BatchNorm, rows: Tensor, x: Tensor) -> Tensor:
-    """``norm`` in training mode with the batch statistics of ``x[rows]`` only, applied to every row."""
+    """``norm`` in training mode with the batch statistics of ``x[rows]`` only, applied to every row; in eval mode
+    (RD4AD's frozen encoder puts itself there inside its forward) the module's own forward, running statistics."""
+    if not norm.training:
+        return type(norm).forward(norm, x)
     reference = x[rows]
     out_reference = type(norm).forward(norm, reference)  # updates the running statistics from these rows only
     dims = [0, *range(2, x.dim())]
