@@ -140,7 +140,8 @@ def run_arm(name: str, arcad: bool, args: argparse.Namespace) -> dict[str, Any]:
     train = datamodule.train_data.samples
     print(f"[{name} {arm}] {len(train)} training images ({int(train.label_index.sum())} defective), "
           f"{len(datamodule.test_data)} test images; trained {engine.trainer.global_step} steps in {trained:.0f} s, "
-          f"tested in {elapsed - trained:.0f} s", flush=True)
+          f"tested in {elapsed - trained:.0f} s: " + ", ".join(f"{k} {100 * v:.1f}" for k, v in sorted(metrics.items())),
+          flush=True)
     return {"model": name, "arm": arm, "metrics": metrics, "seconds": elapsed, "steps": engine.trainer.global_step}
 
 
