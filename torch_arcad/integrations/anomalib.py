@@ -52,8 +52,8 @@ from anomalib.models import Dinomaly, ReverseDistillation
 from anomalib.models.image.reverse_distillation.anomaly_map import AnomalyMapGenerationMode
 from torch.utils.data import DataLoader, Sampler
 
-from torch_arcad.arcad import ArcAD, ArcADOutput
-from torch_arcad.datasets.mvtec import load_split
+from torch_arcad import ArcAD, ArcADOutput
+from torch_arcad.coldstart import load_split, make_split
 
 __all__ = [
     "RANDOM_WEIGHTS",
@@ -777,8 +777,6 @@ class ColdStartMVTecAD(_ColdStart, MVTecAD):
 
     def _manifest(self) -> Mapping[str, Any]:
         if self.split is None:
-            from torch_arcad.coldstart import make_split
-
             self.split = make_split(
                 self.root,
                 categories=[self.category],
