@@ -34,6 +34,7 @@ __all__ = [
     "Setup",
     "StepOutput",
     "arcad_kwargs",
+    "finish_step",
     "term_gradients",
     "decoded_rows",
     "with_features",
@@ -201,6 +202,35 @@ class StepOutput(NamedTuple):
     recon: Tensor
     calibration: torch_arcad.ArcADOutput | None
     gradients: dict[str, float] | None = None
+
+
+def finish_step(
+    model: Detector,
+    arcad: torch_arcad.ArcAD | None,
+    optimizer: torch.optim.Optimizer,
+    loss: Tensor,
+    loss_recon: Tensor,
+    calibration: torch_arcad.ArcADOutput | None,
+    *,
+    diagnose: bool = False,
+) -> StepOutput:
+    """The end of every detector's ``train_step``: with ``diagnose`` the gradient diagnostics on the bottleneck
+    (:func:`term_gradients`, before anything is changed), then ``zero_grad``, ``backward`` and the optimiser step.
+
+    Args:
+        model: the detector (its ``bottleneck`` is measured).
+        arcad: ArcAD, or ``None``.
+        optimizer: the optimiser of the model and ArcAD's discriminator.
+        loss: the step's total loss (scalar).
+        loss_recon: the reconstruction loss (scalar).
+        calibration: ArcAD's output, or ``None``.
+        diagnose: measure each term's gradient first.
+    """
+    gradients = term_gradients(model.bottleneck, loss_recon, arcad, calibration) if diagnose else None
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return StepOutput(loss.detach(), loss_recon.detach(), calibration, gradients)
 
 
 def term_gradients(

@@ -40,7 +40,7 @@ import torch_arcad
 
 from ..config import BETAS, VIT_ENCODERS, ExperimentConfig
 from ..data import Batch
-from ..detector import Detector, Reconstruction, Setup, StepOutput, arcad_kwargs, decoded_rows, term_gradients
+from ..detector import Detector, Reconstruction, Setup, StepOutput, arcad_kwargs, decoded_rows, finish_step
 from ..encoders import CNNTokens, ViTTokens, build_cnn, build_vit
 from ..losses import global_cosine_loss
 from ..maps import cosine_distance_map, top_fraction_score, upsample
@@ -178,11 +178,7 @@ def train_step(
     if arcad is not None:
         calibration = arcad(rec.z, masks=masks, labels=labels)  # z: (B, prefix + h * w, D) tokens
         loss = loss_recon + calibration.loss  # ArcAD 3/3
-    gradients = term_gradients(model.bottleneck, loss_recon, arcad, calibration) if diagnose else None
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-    return StepOutput(loss.detach(), loss_recon.detach(), calibration, gradients)
+    return finish_step(model, arcad, optimizer, loss, loss_recon, calibration, diagnose=diagnose)
 
 
 SPEC = register_detector(

@@ -39,7 +39,7 @@ import torch_arcad
 
 from ..config import BETAS, ExperimentConfig
 from ..data import Batch
-from ..detector import Detector, Reconstruction, Setup, StepOutput, arcad_kwargs, decoded_rows, term_gradients
+from ..detector import Detector, Reconstruction, Setup, StepOutput, arcad_kwargs, decoded_rows, finish_step
 from ..encoders import CNNFeatures, build_cnn, trainable_copy
 from ..losses import global_cosine_loss
 from ..maps import cosine_distance_map, max_score, upsample
@@ -172,11 +172,7 @@ def train_step(
         # z stacks the two branches, (2B, D, h, w): masks and labels follow the stacking.
         calibration = arcad(rec.z, masks=masks.repeat(BRANCHES, 1, 1), labels=labels.repeat(BRANCHES))
         loss = loss_recon + calibration.loss  # ArcAD 3/3
-    gradients = term_gradients(model.bottleneck, loss_recon, arcad, calibration) if diagnose else None
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-    return StepOutput(loss.detach(), loss_recon.detach(), calibration, gradients)
+    return finish_step(model, arcad, optimizer, loss, loss_recon, calibration, diagnose=diagnose)
 
 
 SPEC = register_detector(
