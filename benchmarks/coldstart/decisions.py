@@ -21,7 +21,8 @@ __all__ = ["DECISIONS", "DECISION_METRICS", "Decision", "decisions_markdown"]
 DECISION_METRICS: tuple[str, ...] = ("i_auroc", "p_f1_max", "aupro")
 
 _FILL = "fill their patches"
-_THIN = "thin, much smaller than a patch"
+_THIN = "thin, already localised by the detector alone"
+_THIN_POOR = "thin, poorly localised by the detector alone"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,6 +66,8 @@ DECISIONS: tuple[Decision, ...] = (
              "category outside this data P-F1-max fell by 8.0 and 5.0 (2 seeds, not stored here): check it on "
              "your own split"),
     Decision("recontrast", _THIN, "tire", "arcad", _PAPER, "do not use it: every metric falls on every seed"),
+    Decision("rd4ad", _THIN_POOR, "kolektorsdd", "arcad", _PAPER,
+             "**use it** (one seed so far); ArcAD's own maps score higher still"),
 )
 
 
