@@ -20,7 +20,8 @@ __all__ = ["DECISIONS", "DECISION_METRICS", "Decision", "decisions_markdown"]
 #: The metrics of the decision table: one image-level, two of pixel precision.
 DECISION_METRICS: tuple[str, ...] = ("i_auroc", "p_f1_max", "aupro")
 
-_FILL = "fill their patches"
+_FILL = "fill their patches, poorly localised by the detector alone"
+_FILL_WELL = "fill their patches, already localised by the detector alone"
 _THIN = "thin, already localised by the detector alone"
 _THIN_POOR = "thin, poorly localised by the detector alone"
 
@@ -68,6 +69,10 @@ DECISIONS: tuple[Decision, ...] = (
     Decision("recontrast", _THIN, "tire", "arcad", _PAPER, "do not use it: every metric falls on every seed"),
     Decision("rd4ad", _THIN_POOR, "kolektorsdd", "arcad", _PAPER,
              "**use it** (one seed so far); ArcAD's own maps score higher still"),
+    Decision("dinomaly", _THIN_POOR, "kolektorsdd", "arcad", _PAPER,
+             "**use it** (one seed so far); ArcAD's own maps score higher still"),
+    Decision("rd4ad", _FILL_WELL, "bottle", "arcad", _PAPER,
+             "do not use it (one seed so far): pixel precision falls, as on tire"),
 )
 
 

@@ -39,8 +39,8 @@ def test_the_cells_are_the_paired_gains_of_the_stored_runs(tables: dict) -> None
 
 
 def test_a_row_without_runs_is_an_error(tables: dict) -> None:
-    row = decisions.Decision("rd4ad", "blobs", "bottle", "arcad", "paper", "-")
-    with pytest.raises(KeyError, match="bottle/rd4ad"):
+    row = decisions.Decision("rd4ad", "blobs", "screw", "arcad", "paper", "-")
+    with pytest.raises(KeyError, match="screw/rd4ad"):
         decisions.decisions_markdown(tables, [row])
     with pytest.raises(ValueError, match="unknown arm"):
         decisions.Decision("rd4ad", "blobs", "tire", "nope", "paper", "-")

@@ -33,7 +33,7 @@ def test_a_block_is_replaced_and_the_rest_of_the_page_kept(tables: dict) -> None
 @pytest.mark.parametrize(("spec", "message"), [
     ("ablations tire/rd4ad", "unknown generated block"),
     ("comparison", "name <category>/<detector>"),
-    ("comparison bottle/rd4ad", "has no runs"),
+    ("comparison screw/rd4ad", "has no runs"),
     ("comparison tire/rd4ad columns=x", "unknown option"),
     ("comparison tire/rd4ad arms=baseline,nope", "unknown arm"),
     ("decisions tire", "takes no arguments"),
