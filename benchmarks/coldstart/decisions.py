@@ -73,6 +73,8 @@ DECISIONS: tuple[Decision, ...] = (
              "**use it** (one seed so far); ArcAD's own maps score higher still"),
     Decision("rd4ad", _FILL_WELL, "bottle", "arcad", _PAPER,
              "do not use it (one seed so far): pixel precision falls, as on tire"),
+    Decision("dinomaly", _FILL_WELL, "bottle", "arcad", _PAPER,
+             "do not use it (one seed so far): pixel precision falls"),
 )
 
 
