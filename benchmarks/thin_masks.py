@@ -23,7 +23,8 @@ import torch
 import torch.nn.functional as F
 
 from torch_arcad.coldstart import make_split
-from torch_arcad.datasets.mvtec import MVTecDataset, split_samples
+from torch_arcad.datasets.images import MVTecDataset
+from torch_arcad.datasets.mvtec import split_samples
 from torch_arcad.layout import mask_fractions
 
 __all__ = ["main", "compare"]

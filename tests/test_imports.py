@@ -139,7 +139,7 @@ def _fresh_python(script: str, cwd: Path) -> subprocess.CompletedProcess:
 
 
 #: Modules that need an optional dependency (``pip install -e ".[<extra>]"``) -> the top-level module it provides.
-OPTIONAL = {f"{PACKAGE}.integrations.anomalib": "anomalib"}
+OPTIONAL = {f"{PACKAGE}.integrations.anomalib{part}": "anomalib" for part in ("", ".data", ".models", ".weights")}
 
 
 def _missing_optional(failed: dict[str, str]) -> dict[str, str]:

@@ -287,7 +287,7 @@ class ArcAD(nn.Module):
                 "anomalous_similarity": nan.clone(),
                 "discriminator_accuracy": torch.full((3,), float("nan"), device=device),
             }
-        nearest, best = spm.similarities.argmax(dim=1), spm.similarities.amax(dim=1)
+        best, nearest = spm.similarities.max(dim=1)
         usage = torch.zeros(k, device=device).index_add_(0, nearest, w.normal)
         logits_z, logits_syn = logits.float().split(w.normal.shape[0])
         correct_z = ((logits_z > 0).float() == w.cls_target).float()

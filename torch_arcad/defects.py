@@ -19,7 +19,8 @@ from collections.abc import Sequence
 import torch
 
 from .coldstart import make_split
-from .datasets.mvtec import MVTecDataset, scan_category, split_samples
+from .datasets.images import MVTecDataset
+from .datasets.mvtec import scan_category, split_samples
 from .layout import THIN_DEFECT_FRACTION, summarize_defect_fractions
 
 __all__ = ["main"]

@@ -337,7 +337,7 @@ def test_anomalib_dinomaly_schedule_stays_at_zero_for_the_first_epoch(mvtec_root
 
 
 def test_a_group_added_after_the_scheduler_is_scheduled():
-    from torch_arcad.integrations.anomalib import _schedule_new_group
+    from torch_arcad.integrations.anomalib.models import _schedule_new_group
 
     weight, extra = torch.nn.Parameter(torch.zeros(1)), torch.nn.Parameter(torch.zeros(1))
     optimizer = torch.optim.SGD([weight], lr=1.0)

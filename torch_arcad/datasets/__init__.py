@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from torch_arcad.datasets.images import MVTecDataset
 from torch_arcad.datasets.mvtec import (
     ANOMALY_LABEL,
     GOOD,
@@ -9,7 +10,6 @@ from torch_arcad.datasets.mvtec import (
     MASK_SUFFIX,
     NORMAL_LABEL,
     CategoryScan,
-    MVTecDataset,
     MVTecSample,
     list_categories,
     png_is_blank,

@@ -22,7 +22,8 @@ from torch_arcad.coldstart import (
     split_samples,
     stratified_counts,
 )
-from torch_arcad.datasets.mvtec import MVTecDataset, scan_category
+from torch_arcad.datasets.images import MVTecDataset
+from torch_arcad.datasets.mvtec import scan_category
 from torch_arcad.datasets.synthetic import SYNTHETIC_CATEGORIES, make_synthetic_dataset
 
 from helpers import REPO_ROOT

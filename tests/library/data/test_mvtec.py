@@ -8,8 +8,8 @@ import pytest
 import torch
 from PIL import Image
 
+from torch_arcad.datasets.images import MVTecDataset
 from torch_arcad.datasets.mvtec import (
-    MVTecDataset,
     MVTecSample,
     list_categories,
     png_is_blank,

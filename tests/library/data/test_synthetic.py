@@ -8,7 +8,8 @@ import pytest
 from PIL import Image
 
 import torch_arcad.datasets.synthetic as synthetic
-from torch_arcad.datasets.mvtec import MVTecDataset, list_categories, scan_category
+from torch_arcad.datasets.images import MVTecDataset
+from torch_arcad.datasets.mvtec import list_categories, scan_category
 from torch_arcad.datasets.synthetic import (
     SYNTHETIC_CATEGORIES,
     make_synthetic_dataset,
