@@ -17,7 +17,7 @@ from .config import ArcADConfig, get_preset
 from .discriminator import FocalDiscriminator
 from .distributed import all_reduce_sum, global_means
 from .layout import features_to_patches
-from .patches import PatchWeighting, PatchWeights
+from .patches import PatchWeighting, PatchWeights, keep_missed, missed_anomalies
 from .prototypes import MIN_PATCHES_PER_PROTOTYPE, PrototypeOutput, SinkhornPrototypes, suggest_num_prototypes
 from .synthesis import HypersphereAnomalySynthesizer
 
@@ -37,7 +37,8 @@ class ArcADOutput(NamedTuple):
         dgc: L_dgc, eq. 8 (0 when the batch has no anomalous patch).
         cls: L_cls, eq. 9.
         stats: detached diagnostics, the same keys at every step: ``initialized``; ``num_normal`` and
-            ``num_anomalous`` patches (finite ones only); ``num_nonfinite`` patches (a NaN or inf anywhere in
+            ``num_anomalous`` patches (finite ones only; ``num_calibrated`` of the anomalous ones took part in
+            eq. 8-9: all of them, or with ``calibrate="missed"`` those the detector missed); ``num_nonfinite`` patches (a NaN or inf anywhere in
             the row), which took part in no term; ``prototype_usage`` (K,) hard assignments of the normal
             patches and ``prototypes_in_use``, how many prototypes hold at least one; ``normal_similarity``, the
             normal patches' mean cosine to their nearest prototype, and ``anomalous_similarity``, the real
@@ -180,6 +181,7 @@ class ArcAD(nn.Module):
         masks: Tensor | None = None,
         labels: Tensor | None = None,
         generator: torch.Generator | None = None,
+        scores: Tensor | None = None,
     ) -> ArcADOutput:
         """The three ArcAD terms on one batch.
 
@@ -191,6 +193,11 @@ class ArcAD(nn.Module):
                 peak (:attr:`~torch_arcad.ArcADConfig.mask_level`), so a soft or faded thin defect is kept.
             labels: (B,) image labels, non-zero for defective images; derived from ``masks`` when absent.
             generator: optional random generator for the synthesis noise.
+            scores: the detector's own anomaly map of the batch, (B, H, W) or (B, 1, H, W) at any resolution,
+                higher for more anomalous: its reconstruction error computed as at inference (eval mode, no
+                gradient), which is averaged over each patch of the grid. Needed by ``calibrate="missed"``, which
+                then calibrates only the real anomalies whose patch scores no higher than the step's highest
+                normal patch; unused otherwise.
 
         Returns:
             :class:`ArcADOutput`.
@@ -199,11 +206,18 @@ class ArcAD(nn.Module):
         z, finite = _unit_patches(patches)
         w = self.weighting(finite, grid, masks, labels)  # eq. 7: which patches are normal, which real anomalies
         self._report_input(w, masks is not None, labels is not None)
+        found = w  # every real anomaly, for the stats
+        if self.config.calibrate == "missed":  # only the defects the detector's own score misses
+            missed = missed_anomalies(
+                self._scores(scores, patches.shape[0], grid), w.normal, self.prototypes.process_group,
+                distributed=self.prototypes.gathers_globally,
+            )
+            w = keep_missed(w, missed)
 
         spm = self.prototypes(z, mask=w.normal > 0)  # eq. 2-4 (and the prototypes' EMA)
         if not self.prototypes.is_ready:
             zero = z.sum() * 0.0
-            return ArcADOutput(zero, zero, zero, zero, self._stats(w, None, None))
+            return ArcADOutput(zero, zero, zero, zero, self._stats(found, w, None, None))
         mu, push_similarities = self._calibration_prototypes(spm)
         synthetic = self.synthesizer(z, mu, generator=generator)  # eq. 5-6, one per patch (normal ones count)
         synthetic_mean = self._synthetic_mean(synthetic, w.normal, mu, generator)
@@ -215,7 +229,25 @@ class ArcAD(nn.Module):
         dgc, cls = self._means(dgc_sum, w.real_count.sum(), cls_sums, cls_counts)
         c = self.config
         loss = c.lambda_spm * spm.loss + c.lambda_dgc * dgc + c.lambda_cls * cls  # eq. 10 without L_recon
-        return ArcADOutput(loss, spm.loss, dgc, cls, self._stats(w, spm, logits))
+        return ArcADOutput(loss, spm.loss, dgc, cls, self._stats(found, w, spm, logits))
+
+    def _scores(self, scores: Tensor | None, batch: int, grid: tuple[int, int]) -> Tensor:
+        """The detector's anomaly map of the batch, checked and averaged over each patch: (B * n,) rows."""
+        expected = f"(B, H, W) or (B, 1, H, W) with B = {batch} (any H, W; the patch grid is {grid[0]} x {grid[1]})"
+        if scores is None:
+            raise ValueError(
+                'calibrate="missed" needs the detector\'s own anomaly map of the batch: arcad(features, masks=..., '
+                f"labels=..., scores=...) with scores of shape {expected}"
+            )
+        if not isinstance(scores, Tensor):
+            raise TypeError(f"scores must be a tensor, got {type(scores).__name__}")
+        if scores.dim() == 4 and scores.shape[1] == 1:
+            scores = scores.squeeze(1)
+        if scores.dim() != 3 or scores.shape[0] != batch or min(scores.shape[1:]) < 1:
+            raise ValueError(f"scores must have shape {expected}, got shape {tuple(scores.shape)}")
+        check_floating("scores", scores)
+        pooled = F.adaptive_avg_pool2d(scores.detach().float().unsqueeze(1), grid)  # mean over each patch
+        return rearrange(pooled, "b 1 h w -> (b h w)")
 
     def _calibration_prototypes(self, spm: PrototypeOutput) -> tuple[Tensor, Tensor | None]:
         """The prototypes eqs. 5-8 see: the step's (pre-update, the E-step), with eq. 4's (N, K) similarities for
@@ -268,14 +300,19 @@ class ArcAD(nn.Module):
         return means[0], sum(c * m for c, m in zip(coefficients, means[1:]))
 
     @torch.no_grad()
-    def _stats(self, w: PatchWeights, spm: PrototypeOutput | None, logits: Tensor | None) -> dict[str, Tensor]:
-        """:attr:`ArcADOutput.stats` of the step (``spm`` and ``logits`` are ``None`` before initialisation)."""
+    def _stats(
+        self, w: PatchWeights, calibrated: PatchWeights, spm: PrototypeOutput | None, logits: Tensor | None
+    ) -> dict[str, Tensor]:
+        """:attr:`ArcADOutput.stats` of the step: ``w`` the real anomalies of eq. 7, ``calibrated`` those eq. 8-9
+        took (the same but with ``calibrate="missed"``); ``spm`` and ``logits`` are ``None`` before
+        initialisation."""
         device = w.normal.device
         k = self.prototypes.num_prototypes
         stats = {
             "initialized": torch.full((), spm is not None, dtype=torch.bool, device=device),
             "num_normal": w.normal.sum(),
             "num_anomalous": w.real_count.sum(),
+            "num_calibrated": calibrated.real_count.sum(),
             "num_nonfinite": (~w.finite).sum().float(),
         }
         if spm is None or logits is None:
@@ -290,12 +327,12 @@ class ArcAD(nn.Module):
         best, nearest = spm.similarities.max(dim=1)
         usage = torch.zeros(k, device=device).index_add_(0, nearest, w.normal)
         logits_z, logits_syn = logits.float().split(w.normal.shape[0])
-        correct_z = ((logits_z > 0).float() == w.cls_target).float()
+        correct_z = ((logits_z > 0).float() == calibrated.cls_target).float()
         accuracy = torch.stack(
             [
                 _weighted_mean(correct_z, w.normal),
                 _weighted_mean((logits_syn > 0).float(), w.normal),
-                _weighted_mean(correct_z, w.cls_target),
+                _weighted_mean((logits_z > 0).float(), w.cls_target),
             ]
         )
         return stats | {

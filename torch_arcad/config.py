@@ -17,6 +17,8 @@ from dataclasses import asdict, dataclass, fields, replace
 
 __all__ = ["ArcADConfig", "PRESETS", "get_preset"]
 
+#: Which real anomalies eq. 8 and eq. 9 calibrate (see :attr:`ArcADConfig.calibrate`).
+CALIBRATE: tuple[str, ...] = ("all", "missed")
 #: How a real anomaly patch is weighted in L_dgc and L_cls (see :attr:`ArcADConfig.mask_weighting`).
 MASK_WEIGHTINGS: tuple[str, ...] = ("binary", "fraction")
 
@@ -91,6 +93,7 @@ class ArcADConfig:
     mask_level: float = 0.5
     mask_threshold: float = 0.0
     mask_weighting: str = "binary"
+    calibrate: str = "all"
     clamp_push: bool = False
     ema_before_synthesis: bool = False
     pool_without_normals: str = "none"
@@ -123,6 +126,7 @@ class ArcADConfig:
                 raise TypeError(f"{name} must be a bool, got {getattr(self, name)!r}")
         _choice("few_patch_assignment", self.few_patch_assignment, ("sinkhorn", "softmax"))
         _choice("mask_weighting", self.mask_weighting, MASK_WEIGHTINGS)
+        _choice("calibrate", self.calibrate, CALIBRATE)
         _choice("pool_without_normals", self.pool_without_normals, ("none", "prototypes"))
         _choice("discriminator_norm", self.discriminator_norm, ("none", "batch"))
         _choice("discriminator_batches", self.discriminator_batches, ("joint", "grouped"))

@@ -15,6 +15,7 @@ __all__ = [
     "get_world_size",
     "get_rank",
     "is_distributed",
+    "all_reduce_max",
     "all_reduce_sum",
     "differentiable_all_reduce_sum",
     "global_logsumexp",
@@ -47,6 +48,14 @@ def all_reduce_sum(x: Tensor, group: dist.ProcessGroup | None = None) -> Tensor:
     """Sum ``x`` over all processes, in place when distributed; returns ``x``. Not differentiable."""
     if is_distributed(group):
         dist.all_reduce(x, op=dist.ReduceOp.SUM, group=group)
+    return x
+
+
+def all_reduce_max(x: Tensor, group: dist.ProcessGroup | None = None) -> Tensor:
+    """Element-wise maximum of ``x`` over all processes, in place when distributed; returns ``x``. Not
+    differentiable."""
+    if is_distributed(group):
+        dist.all_reduce(x, op=dist.ReduceOp.MAX, group=group)
     return x
 
 

@@ -14,9 +14,10 @@ from einops import rearrange
 from torch import Tensor
 
 from .config import MASK_WEIGHTINGS
+from .distributed import all_reduce_max
 from .layout import image_labels, mask_fractions
 
-__all__ = ["PatchWeighting", "PatchWeights"]
+__all__ = ["PatchWeighting", "PatchWeights", "keep_missed", "missed_anomalies"]
 
 
 class PatchWeights(NamedTuple):
@@ -116,3 +117,51 @@ class PatchWeighting:
         else:
             cls_target, cls_real = real_count, real
         return PatchWeights(flat_finite, normal, real, real_count, cls_real, cls_target, anomalous, marked, defective)
+
+
+def missed_anomalies(scores: Tensor, normal: Tensor, group: object = None, *, distributed: bool = False) -> Tensor:
+    """Which patches the detector's own score misses: a score no higher than the step's highest normal patch's.
+
+    A defect patch scored above every normal patch of the step is already found by the detector; the others are
+    missed. Computed on the device (no host synchronisation); under DDP the highest normal score is the maximum
+    over all processes (one ``all_reduce``). A step without a normal patch with a finite score has nothing to
+    compare with: every patch counts as missed. A non-finite score never counts as the highest normal score, and
+    such a patch counts as missed.
+
+    Args:
+        scores: (B * n,) the detector's anomaly score of each patch (higher: more anomalous), any scale.
+        normal: (B * n,) float 0/1 or bool, the normal patches.
+        group: process group of the maximum (``None``: the default group), used with ``distributed=True``.
+        distributed: take the maximum over the processes of ``group``.
+
+    Returns:
+        (B * n,) float 0/1.
+    """
+    scores = scores.detach().float()
+    finite = torch.isfinite(scores)
+    lowest = torch.finfo(scores.dtype).min
+    highest = torch.where((normal > 0) & finite, scores, lowest).amax().reshape(1)
+    if distributed:
+        highest = all_reduce_max(highest, group)  # type: ignore[arg-type]
+    highest = torch.where(highest > lowest, highest, torch.finfo(scores.dtype).max)  # no normal score: keep all
+    return ((scores <= highest) | ~finite).float()
+
+
+def keep_missed(w: PatchWeights, missed: Tensor) -> PatchWeights:
+    """``w`` with the real anomalies the detector already finds taken out of eq. 8 and eq. 9's real group.
+
+    Args:
+        w: the step's :class:`PatchWeights`.
+        missed: (B * n,) float 0/1 from :func:`missed_anomalies`.
+
+    Returns:
+        :class:`PatchWeights` whose ``real``, ``real_count``, ``cls_real`` and ``cls_target`` are zero where
+        ``missed`` is; the normal patches, ``anomalous`` and the image flags are unchanged (a defect the
+        detector finds is still a defect, its patches still not normal).
+    """
+    return w._replace(
+        real=w.real * missed,
+        real_count=w.real_count * missed,
+        cls_real=w.cls_real * missed,
+        cls_target=w.cls_target * missed,
+    )

@@ -95,6 +95,7 @@ ARMS: tuple[Arm, ...] = (
     Arm("mask_quarter", "+ArcAD, anomalous patch >= 25% defect", arcad_options={"mask_threshold": 0.25}),
     Arm("mask_fraction", "+ArcAD, each patch's term times its defect fraction",
         arcad_options={"mask_weighting": "fraction"}),
+    Arm("missed", "+ArcAD, only the defects the detector misses", arcad_options={"calibrate": "missed"}),
     Arm("mask_fraction_mean", "+ArcAD, patches' defect fractions as weights of the means",
         arcad_options={"mask_weighting": "fraction_mean"},
         removed=_OPTION_REMOVED.format('`mask_weighting="fraction_mean"`')),

@@ -74,6 +74,7 @@ def _step_record(step: int, out: StepOutput, patches_per_step: int) -> tuple[dic
             anomalous = float(stats["num_anomalous"])
             record["anomalous_fraction"] = anomalous / patches_per_step
             record["anomalous_patches"] = int(anomalous)
+            record["calibrated_patches"] = int(stats["num_calibrated"])
             record["prototypes_in_use"] = int(stats["prototypes_in_use"])
             for key in ("normal_similarity", "anomalous_similarity"):
                 value = float(stats[key])
@@ -122,7 +123,8 @@ def train_model(
     ``loss_arcad`` (the weighted sum), ``loss_spm``, ``loss_dgc``, ``loss_cls``, ``initialized``,
     ``anomalous_fraction`` (anomalous patches / all patches of the step), ``disc_acc_normal``,
     ``disc_acc_synthetic`` and ``disc_acc_real`` (the discriminator's accuracy on each kind; the last only when
-    the step had real anomalous patches), ``anomalous_patches``, ``prototypes_in_use``, ``normal_similarity`` and
+    the step had real anomalous patches), ``anomalous_patches`` (and ``calibrated_patches``, those eq. 8-9 took: fewer with ``calibrate="missed"``),
+    ``prototypes_in_use``, ``normal_similarity`` and
     ``anomalous_similarity`` (ArcAD's stats: a falling normal similarity is normal texture drifting away from the
     prototypes). On the logged steps (``cfg.log_every``), when the detector's ``train_step`` takes ``diagnose``,
     also the size of each term's gradient on the bottleneck and its cosine with the reconstruction loss's

@@ -39,7 +39,17 @@ import torch_arcad
 
 from ..config import BETAS, ExperimentConfig
 from ..data import Batch
-from ..detector import Detector, Reconstruction, Setup, StepOutput, arcad_kwargs, decoded_rows, finish_step
+from ..detector import (
+    Detector,
+    Reconstruction,
+    Setup,
+    StepOutput,
+    arcad_kwargs,
+    decoded_rows,
+    finish_step,
+    missed_only,
+    patch_scores,
+)
 from ..encoders import CNNFeatures, build_cnn, trainable_copy
 from ..losses import global_cosine_loss
 from ..maps import cosine_distance_map, max_score, upsample
@@ -170,7 +180,10 @@ def train_step(
     loss, calibration = loss_recon, None
     if arcad is not None:
         # z stacks the two branches, (2B, D, h, w): masks and labels follow the stacking.
-        calibration = arcad(rec.z, masks=masks.repeat(BRANCHES, 1, 1), labels=labels.repeat(BRANCHES))
+        scores = patch_scores(model, batch, rec.z) if missed_only(arcad) else None
+        calibration = arcad(
+            rec.z, masks=masks.repeat(BRANCHES, 1, 1), labels=labels.repeat(BRANCHES), scores=scores
+        )
         loss = loss_recon + calibration.loss  # ArcAD 3/3
     return finish_step(model, arcad, optimizer, loss, loss_recon, calibration, diagnose=diagnose)
 

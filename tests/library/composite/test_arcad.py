@@ -1,3 +1,5 @@
+import warnings
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -384,3 +386,74 @@ def distance_ready(preset="paper", **kwargs):
     return model
 
 
+
+
+def missed_scores(batch=4):
+    """Patch scores where image 3's defect (patch rows 0 and 1) is found on its first row of patches (scored above
+    every normal patch) and missed on the second."""
+    g = torch.Generator().manual_seed(3)
+    scores = torch.rand(batch, GRID, GRID, generator=g)
+    scores[3, :1] = 2.0
+    return scores
+
+
+def test_missed_calibrates_only_the_anomalies_the_detector_misses():
+    features, masks = make_batch(requires_grad=False)
+    labels = torch.tensor([0, 0, 0, 1])
+    scores = missed_scores()
+    missed = ready(calibrate="missed").eval()
+    reference = ready().eval()
+    reference.load_state_dict(missed.state_dict())
+    out = missed(features, masks=masks, labels=labels, scores=scores)
+    # the same as the paper's ArcAD told that the found patches hold no defect (still a defective image)
+    found = F.interpolate((scores > 1.0).float().unsqueeze(1), size=(SIZE, SIZE)).squeeze(1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the edited mask may leave no anomalous patch: the warning says so
+        expected = reference(features, masks=masks * (1 - found), labels=labels)
+    for name in ("loss", "spm", "dgc", "cls"):
+        torch.testing.assert_close(getattr(out, name), getattr(expected, name))
+    anomalous = int((F.adaptive_max_pool2d(masks[3:4], GRID) > 0).sum())
+    calibrated = int((F.adaptive_max_pool2d(masks[3:4], GRID)[0, 1:] > 0).sum())
+    assert 0 < calibrated < anomalous  # some found, some missed: the check can fail
+    assert out.stats["num_anomalous"].item() == anomalous
+    assert out.stats["num_calibrated"].item() == calibrated
+    assert not torch.allclose(out.dgc, reference(features, masks=masks, labels=labels).dgc)
+    # a finer map is averaged over each patch: a 2 x 2 finer map with the same patch means gives the same result
+    offsets = torch.tensor([[0.1, -0.1], [-0.05, 0.05]]).repeat(GRID, GRID)
+    fine = scores.repeat_interleave(2, dim=1).repeat_interleave(2, dim=2) + offsets
+    finer = missed(features, masks=masks, labels=labels, scores=fine.unsqueeze(1))
+    torch.testing.assert_close(finer.loss, out.loss)
+    assert finer.stats["num_calibrated"].item() == calibrated
+
+
+def test_missed_equals_the_paper_when_the_detector_finds_nothing():
+    features, masks = make_batch(requires_grad=False)
+    scores = torch.zeros(4, GRID, GRID)
+    scores[:3] = 1.0  # every normal patch above every defect patch
+    missed = ready(calibrate="missed").eval()
+    reference = ready().eval()
+    reference.load_state_dict(missed.state_dict())
+    a, b = missed(features, masks=masks, scores=scores), reference(features, masks=masks)
+    for name in ("loss", "spm", "dgc", "cls"):
+        torch.testing.assert_close(getattr(a, name), getattr(b, name))
+    torch.testing.assert_close(a.stats["num_calibrated"], b.stats["num_anomalous"])
+    torch.testing.assert_close(b.stats["num_calibrated"], b.stats["num_anomalous"])
+
+
+def test_missed_needs_the_detectors_map_of_the_batch():
+    features, masks = make_batch(requires_grad=False)
+    model = ready(calibrate="missed")
+    with pytest.raises(ValueError, match=r"scores=.*\(B, H, W\) or \(B, 1, H, W\) with B = 4"):
+        model(features, masks=masks)
+    with pytest.raises(ValueError, match=r"got shape \(3, 8, 8\)"):
+        model(features, masks=masks, scores=torch.zeros(3, 8, 8))
+    with pytest.raises(ValueError, match=r"got shape \(4, 2, 8, 8\)"):
+        model(features, masks=masks, scores=torch.zeros(4, 2, 8, 8))
+    with pytest.raises(TypeError, match="scores must be a floating-point tensor"):
+        model(features, masks=masks, scores=torch.zeros(4, 8, 8, dtype=torch.long))
+    with pytest.raises(TypeError, match="scores must be a tensor"):
+        model(features, masks=masks, scores=[0.0] * 64)
+    with pytest.raises(ValueError, match="calibrate"):
+        ArcAD(DIM, calibrate="found")
+    # the paper's ArcAD does not read scores
+    ready()(features, masks=masks, scores=torch.zeros(3, 8, 8))

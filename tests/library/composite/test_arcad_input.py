@@ -10,7 +10,7 @@ from torch_arcad import ArcAD, suggest_num_prototypes
 from torch_arcad.prototypes import MIN_PATCHES_PER_PROTOTYPE
 
 DIM, K, GRID, SIZE = 16, 6, 4, 32
-STATS_KEYS = {"initialized", "num_normal", "num_anomalous", "num_nonfinite", "prototype_usage",
+STATS_KEYS = {"initialized", "num_normal", "num_anomalous", "num_calibrated", "num_nonfinite", "prototype_usage",
               "prototypes_in_use", "normal_similarity", "anomalous_similarity", "discriminator_accuracy"}
 
 

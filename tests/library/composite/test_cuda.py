@@ -35,9 +35,13 @@ def make_batch(device: str = "cpu", batch: int = 4) -> tuple[torch.Tensor, torch
 
 
 def ready(preset: str = "paper") -> ArcAD:
-    """An initialised ArcAD without synthesis noise (sigma 0), so CPU and CUDA draw nothing differently."""
+    """An initialised ArcAD without synthesis noise (sigma 0), so CPU and CUDA draw nothing differently
+    (``"missed"``: the paper's with ``calibrate="missed"``)."""
     torch.manual_seed(0)
-    model = ArcAD(DIM, K, preset=preset, sigma=0.0)
+    if preset == "missed":
+        model = ArcAD(DIM, K, sigma=0.0, calibrate="missed")
+    else:
+        model = ArcAD(DIM, K, preset=preset, sigma=0.0)
     model.prototypes.init_prototypes(torch.randn(64, DIM))
     return model
 
@@ -73,18 +77,19 @@ def test_cuda_step_matches_the_cpu_step(preset):
     assert int(gpu.prototypes.num_updates) == int(cpu.prototypes.num_updates) == 3
 
 
-@pytest.mark.parametrize("preset", ["paper", "official"])
+@pytest.mark.parametrize("preset", ["paper", "official", "missed"])
 def test_forward_and_backward_do_not_synchronise_with_the_host(preset):
     # Initialised prototypes: the online initialisation reads a patch count on the host until it has enough
     # patches (SinkhornPrototypes._buffer_for_init), by design and only then; the steady state never does.
     model = ready(preset).to("cuda")
     features, masks = make_batch("cuda")
-    model(features, masks=masks)  # a first call outside the check (lazy initialisation of cuBLAS and friends)
+    scores = torch.rand(masks.shape, device="cuda")  # the detector's map, read by calibrate="missed" only
+    model(features, masks=masks, scores=scores)  # a first call outside the check (lazy initialisation of cuBLAS)
     torch.cuda.synchronize()
     x = features.clone().requires_grad_(True)
     torch.cuda.set_sync_debug_mode("error")
     try:
-        out = model(x, masks=masks)
+        out = model(x, masks=masks, scores=scores)
         out.loss.backward()
     finally:
         torch.cuda.set_sync_debug_mode("default")

@@ -23,12 +23,28 @@ def make_data():
     return features, masks
 
 
-def run_steps(model, features, masks):
+def make_scores():
+    """Patch scores for ``calibrate="missed"``: the highest normal patch is on rank 0 (image 0); rank 1's defect
+    (image 5) scores above rank 1's own normal patches but below that global maximum, so it counts as missed only
+    when the maximum is taken over both processes; rank 0's defect (image 2) scores above everything (found)."""
+    g = torch.Generator().manual_seed(2)
+    scores = torch.rand(BATCH, GRID, GRID, generator=g)
+    scores[0, 1, 1] = 10.0
+    scores[5] = 5.0
+    scores[2] = 20.0
+    return scores
+
+
+def call_kwargs(model, rows=slice(None)):
+    return {"scores": make_scores()[rows]} if model.config.calibrate == "missed" else {}
+
+
+def run_steps(model, features, masks, rows=slice(None)):
     """A few training steps; returns per-step losses, assignments, feature grads, parameter grads."""
     records = []
     for step_features in features:
         x = step_features.clone().requires_grad_(True)
-        out = model(x, masks=masks)
+        out = model(x, masks=masks, **call_kwargs(model, rows))
         model.zero_grad()
         out.loss.backward()
         grads = [p.grad.clone() for p in model.parameters()]
@@ -40,6 +56,7 @@ def run_steps(model, features, masks):
             {
                 "loss": out.loss.detach(),
                 "terms": torch.stack([out.spm, out.dgc, out.cls]).detach(),
+                "calibrated": out.stats["num_calibrated"].clone(),
                 "feature_grad": x.grad.clone(),
                 "param_grads": grads,
                 "prototypes": model.prototypes.prototypes.clone(),
@@ -51,6 +68,8 @@ def run_steps(model, features, masks):
 
 def new_model(preset="paper"):
     torch.manual_seed(0)  # identical discriminator weights everywhere
+    if preset == "missed":
+        return ArcAD(DIM, K, sigma=0.0, init_factor=2, calibrate="missed")
     return ArcAD(DIM, K, preset=preset, sigma=0.0, init_factor=2)
 
 
@@ -63,7 +82,7 @@ def worker(rank, init_file, out_dir, preset="paper"):
     model = new_model(preset)
     if preset == "official":  # BatchNorm in the discriminator: global statistics, as docs/integration.md says
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    records = run_steps(model, [f[rows] for f in features], masks[rows])
+    records = run_steps(model, [f[rows] for f in features], masks[rows], rows)
     # assignments of this rank's rows under the final prototypes, in eval mode
     z = torch.nn.functional.normalize(features[0][rows].flatten(2).transpose(1, 2).reshape(-1, DIM), dim=1)
     q = model.prototypes.eval()(z).assignments
@@ -78,7 +97,7 @@ def worker(rank, init_file, out_dir, preset="paper"):
 
 
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not built")
-@pytest.mark.parametrize("preset", ["paper", "official"])
+@pytest.mark.parametrize("preset", ["paper", "official", "missed"])
 def test_two_ranks_match_one_process(tmp_path, preset):
     features, masks = make_data()
     reference_model = new_model(preset)
@@ -90,6 +109,11 @@ def test_two_ranks_match_one_process(tmp_path, preset):
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
 
     patches = BATCH // WORLD * GRID * GRID
+    if preset == "missed":  # rank 1's defect is calibrated (global maximum), rank 0's is not
+        defect_patches = 2  # masks[5] covers two patches of the 4 x 4 grid
+        assert reference[-1]["calibrated"].item() == defect_patches
+        calibrated = [ranks[r]["records"][-1]["calibrated"].item() for r in range(WORLD)]
+        assert calibrated == [0.0, defect_patches]
     for step, expected in enumerate(reference):
         for r, result in enumerate(ranks):
             got = result["records"][step]

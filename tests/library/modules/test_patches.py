@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from torch_arcad import PatchWeighting
+from torch_arcad.patches import keep_missed, missed_anomalies
 
 GRID, SIZE = (4, 4), 32
 
@@ -89,3 +90,48 @@ def test_a_thin_scratch_faded_by_a_smoothing_resize_keeps_its_patches():
 def test_unknown_weighting_is_an_error():
     with pytest.raises(ValueError, match="weighting must be one of"):
         PatchWeighting(0.0, "fraction_mean", 0.5, "masked")
+
+
+def missed_transcription(scores, normal):
+    """A patch is missed unless its score exceeds every finite normal patch's score (a loop, no masking tricks)."""
+    normal_scores = [s for s, n in zip(scores.tolist(), normal.tolist()) if n and s == s and abs(s) != float("inf")]
+    if not normal_scores:
+        return torch.ones_like(scores)
+    highest = max(normal_scores)
+    return torch.tensor([0.0 if (s == s and abs(s) != float("inf") and s > highest) else 1.0 for s in scores.tolist()])
+
+
+def test_missed_anomalies_match_a_transcription():
+    g = torch.Generator().manual_seed(0)
+    scores = torch.rand(40, generator=g)
+    normal = (torch.arange(40) < 24).float()
+    scores[30] = scores[:24].max()  # a tie with the highest normal patch is missed (not above it)
+    scores[31] = float("nan")  # a non-finite anomaly score: missed, as the paper would push it
+    scores[5] = float("inf")  # a non-finite normal score is no reference
+    got = missed_anomalies(scores, normal)
+    expected = missed_transcription(scores, normal)
+    assert torch.equal(got, expected)
+    assert 0 < got[24:].sum() < 16  # some anomalies found, some missed: the check can fail either way
+    assert got[30] == 1 and got[31] == 1
+
+
+def test_without_normal_patches_every_anomaly_is_missed():
+    scores = torch.tensor([0.1, 5.0, float("nan")])
+    assert torch.equal(missed_anomalies(scores, torch.zeros(3)), torch.ones(3))
+    # normal patches whose scores are all non-finite say nothing either
+    assert torch.equal(missed_anomalies(torch.tensor([float("nan"), 5.0]), torch.tensor([1.0, 0.0])), torch.ones(2))
+
+
+def test_keep_missed_takes_found_anomalies_out_of_eq_8_and_9_only():
+    g = torch.Generator().manual_seed(1)
+    masks = torch.zeros(2, SIZE, SIZE)
+    masks[1, 0:16, 0:12] = torch.rand(16, 12, generator=g) + 0.5
+    finite = torch.ones(2, 16, dtype=torch.bool)
+    w = PatchWeighting(0.0, "fraction", 0.5, "masked")(finite, GRID, masks, None)
+    missed = (torch.arange(32) % 2).float()
+    kept = keep_missed(w, missed)
+    for name in ("real", "real_count", "cls_real", "cls_target"):
+        assert torch.equal(getattr(kept, name), getattr(w, name) * missed)
+    assert getattr(w, "real_count").sum() > getattr(kept, "real_count").sum() > 0
+    for name in ("finite", "normal", "anomalous", "marked", "defective"):  # a found defect is still a defect
+        assert torch.equal(getattr(kept, name), getattr(w, name))
