@@ -12,6 +12,8 @@ of ``--window`` steps:
   training is normal texture drifting away from the prototypes;
 * ``prototypes_in_use``: prototypes nearest to at least one normal patch of the step;
 * ``anomalous_similarity``: the same for the real anomalies (what eq. 8 pushes);
+* ``anomalous_patches`` and ``calibrated_patches``: the real anomalies of a step and those eq. 8-9 took (fewer
+  with ``calibrate="missed"``: the defects the detector's own map already finds are left out);
 * the reconstruction loss;
 * on the logged steps, each term's gradient on the bottleneck (global L2 norm over its parameters, the ArcAD terms
   times their lambdas) and its cosine with the reconstruction loss's gradient;
@@ -34,7 +36,8 @@ __all__ = ["main", "summarize_run", "windows"]
 
 #: History keys averaged per window, in the order printed.
 WINDOW_KEYS: tuple[str, ...] = (
-    "loss_recon", "normal_similarity", "anomalous_similarity", "prototypes_in_use", "loss_dgc",
+    "loss_recon", "normal_similarity", "anomalous_similarity", "prototypes_in_use", "loss_dgc", "anomalous_patches",
+    "calibrated_patches",
 )
 #: Gradient keys of the logged steps.
 GRADIENT_KEYS: tuple[str, ...] = ("grad_recon", "grad_spm", "grad_dgc", "grad_cls", "cos_spm", "cos_dgc", "cos_cls")

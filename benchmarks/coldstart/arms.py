@@ -96,6 +96,8 @@ ARMS: tuple[Arm, ...] = (
     Arm("mask_fraction", "+ArcAD, each patch's term times its defect fraction",
         arcad_options={"mask_weighting": "fraction"}),
     Arm("missed", "+ArcAD, only the defects the detector misses", arcad_options={"calibrate": "missed"}),
+    Arm("missed_no_spm", "+ArcAD, only the defects the detector misses, without L_spm", terms=(False, True, True),
+        arcad_options={"calibrate": "missed"}),
     Arm("mask_fraction_mean", "+ArcAD, patches' defect fractions as weights of the means",
         arcad_options={"mask_weighting": "fraction_mean"},
         removed=_OPTION_REMOVED.format('`mask_weighting="fraction_mean"`')),

@@ -102,7 +102,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--num-prototypes", type=int, default=None, help="K")
     p.add_argument("--lambdas", nargs=3, type=float, default=None, metavar=("SPM", "DGC", "CLS"))
-    p.add_argument("--preset", default=None, choices=("paper", "official"), help="ArcAD preset (default: paper)")
+    p.add_argument("--preset", default="paper", choices=("paper", "official"),
+                   help="ArcAD preset the arms change (default: paper)")
     p.add_argument("--prototype-init", default=None, choices=("offline", "online"),
                    help="prototype initialisation (default: the harness's, offline k-means)")
     p.add_argument("--width", type=int, default=None, help="model width (the harness's default for the encoder)")

@@ -33,7 +33,10 @@ from typing import Any
 from torch_arcad.coldstart import make_split, save_split
 from torch_arcad.datasets.mvtec import split_samples
 
-from .config import ExperimentConfig, resolve_config
+from torch_arcad import PRESETS
+from torch_arcad.config import CALIBRATE
+
+from .config import DEFAULT_PRESET, ExperimentConfig, resolve_config
 from .data import load_images, prepare_data, train_samples
 from .detectors.registry import get_detector
 from .evaluation import evaluate_category, fit_fusion
@@ -236,7 +239,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--image-size", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--preset", default="paper")
+    p.add_argument("--preset", choices=tuple(PRESETS), default=DEFAULT_PRESET,
+                   help="ArcAD preset of the runs with ArcAD (default: %(default)s)")
+    p.add_argument("--calibrate", choices=CALIBRATE, default=None,
+                   help="ArcAD's calibrate setting: all (the presets) or missed (docs/results.md)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--device", default="cpu")
     p.add_argument("--output", default=None, help="write the result as JSON here")
@@ -253,7 +259,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     cfg = ExperimentConfig(baseline=args.baseline, data_root=args.data_root, split_path=split,
                            categories=[args.category], seed=args.split_seed, split_seed=args.split_seed,
                            steps=args.steps, image_size=args.image_size, batch_size=args.batch_size,
-                           preset=args.preset, device=args.device, verbose=not args.quiet, figures=False)
+                           preset=args.preset, device=args.device, verbose=not args.quiet, figures=False,
+                           arcad_options={} if args.calibrate is None else {"calibrate": args.calibrate})
     result = run_check(cfg, args.category, args.folds, normal_share=args.holdout_normal)
     print(report(result))
     if args.output:

@@ -7,7 +7,11 @@ import dataclasses
 import sys
 from collections.abc import Sequence
 
+from torch_arcad import PRESETS
+from torch_arcad.config import CALIBRATE
+
 from .config import (
+    DEFAULT_PRESET,
     DEFAULT_RESUME_EVERY,
     ENCODERS,
     PROTOTYPE_INITS,
@@ -95,7 +99,11 @@ def build_parser(baseline: str | None = None) -> argparse.ArgumentParser:
     arcad = parser.add_argument_group("ArcAD")
     arcad.add_argument("--num-prototypes", type=int, default=None, help="K (default: patches per batch / 25, 64..500)")
     arcad.add_argument("--lambdas", nargs=3, type=float, default=(0.1, 0.1, 0.1), metavar=("SPM", "DGC", "CLS"))
-    arcad.add_argument("--preset", choices=("paper", "official"), default="paper")
+    arcad.add_argument("--preset", choices=tuple(PRESETS), default=DEFAULT_PRESET,
+                       help="ArcAD preset (default: %(default)s; official: the authors' released code)")
+    arcad.add_argument("--calibrate", choices=CALIBRATE, default=None,
+                       help="which real anomalies eq. 8-9 take: all (the presets) or missed, only those the "
+                       "detector's own map does not already rank above every normal patch (docs/results.md)")
     arcad.add_argument("--prototype-init", choices=PROTOTYPE_INITS, default="offline")
     out = parser.add_argument_group("output")
     out.add_argument("--output", default=None, help=f"output folder (default: {DEFAULT_OUTPUT}/<baseline>)")
@@ -133,6 +141,7 @@ def config_from_args(args: argparse.Namespace, baseline: str | None = None) -> E
         num_prototypes=args.num_prototypes,
         lambdas=tuple(args.lambdas),
         preset=args.preset,
+        arcad_options={} if args.calibrate is None else {"calibrate": args.calibrate},
         prototype_init=args.prototype_init,
         encoder=args.encoder,
         weights=args.weights,

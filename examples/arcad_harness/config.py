@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from torch_arcad import PRESETS
+
 from .cache import parse_cache_mode
 
 __all__ = [
@@ -47,6 +49,8 @@ BETAS: tuple[float, float] = (0.9, 0.999)
 PAPER_LR: float = 2e-3
 PAPER_WEIGHT_DECAY: float = 1e-4
 PAPER_LAMBDAS: tuple[float, float, float] = (0.1, 0.1, 0.1)
+#: The examples' ArcAD preset.
+DEFAULT_PRESET: str = "paper"
 
 #: Patch side of the DINOv2 encoders and the coarsest stride of the CNN feature maps.
 VIT_PATCH: int = 14
@@ -97,7 +101,7 @@ class ExperimentConfig:
         split_seed: seed of the cold-start split made when ``split_path`` is ``None``.
         num_prototypes: K (``None``: patches per batch / 25, as a power of two in [64, 500]).
         lambdas: lambda_1..3 of eq. 10 (SPM, DGC, CLS).
-        preset: ArcAD preset, ``"paper"`` or ``"official"``.
+        preset: ArcAD preset (``torch_arcad.PRESETS``): ``"paper"`` (the default) or ``"official"``.
         prototype_init: ``"offline"`` or ``"online"`` (see :data:`PROTOTYPE_INITS`).
         encoder: one of :data:`ENCODERS`.
         weights: encoder checkpoint: a path, ``"packaged"`` (EfficientNet-Lite0, the default for it),
@@ -143,7 +147,7 @@ class ExperimentConfig:
     split_seed: int = 0
     num_prototypes: int | None = None
     lambdas: tuple[float, float, float] = PAPER_LAMBDAS
-    preset: str = "paper"
+    preset: str = DEFAULT_PRESET
     prototype_init: str = "offline"
     encoder: str = "efficientnet_lite0"
     weights: str | None = None
@@ -171,7 +175,7 @@ class ExperimentConfig:
         _choice("score", self.score, SCORE_KINDS)
         _choice("prototype_init", self.prototype_init, PROTOTYPE_INITS)
         _choice("encoder", self.encoder, ENCODERS)
-        _choice("preset", self.preset, ("paper", "official"))
+        _choice("preset", self.preset, tuple(PRESETS))
         for name in ("batch_size", "resume_every"):
             _positive_int(name, getattr(self, name))
         for name in ("steps", "image_size", "num_prototypes", "eval_stride", "width"):

@@ -196,6 +196,35 @@ def test_decoder_gradient_comes_from_normal_images_only(mvtec_root, make):
     assert any(not torch.allclose(bottleneck_a[n], bottleneck_b[n]) for n in bottleneck_a)
 
 
+@pytest.mark.parametrize("make", [rd_model, dinomaly_model], ids=["rd", "dinomaly"])
+def test_missed_reads_anomalibs_inference_map_without_changing_the_model(mvtec_root, make):
+    """calibrate="missed": the training step hands ArcAD anomalib's eval-mode anomaly map of the batch; the model
+    stays in training mode and its running statistics are those of the step without it."""
+    torch.manual_seed(0)
+    model = make(arcad_options={"calibrate": "missed"})
+    model.train()
+    batch = training_batch(mvtec_root, model)
+    seen = []
+    forward = model.arcad.forward
+    model.arcad.forward = lambda z, **kwargs: seen.append(kwargs["scores"]) or forward(z, **kwargs)
+    model.log = lambda *args, **kwargs: None
+    model.training_step(batch)
+    model.eval()
+    with torch.no_grad():
+        expected = model.model(batch.image).anomaly_map
+    torch.testing.assert_close(seen[0], expected)
+    assert seen[0].shape[0] == batch.image.shape[0] and not seen[0].requires_grad
+    # the same step without the inference map leaves the same running statistics
+    torch.manual_seed(0)
+    plain = make()
+    plain.train()
+    plain.log = lambda *args, **kwargs: None
+    plain.training_step(batch)
+    model.train()
+    for (name, a), (_, b) in zip(model.model.named_buffers(), plain.model.named_buffers(), strict=True):
+        torch.testing.assert_close(a, b, msg=name)
+
+
 def test_rd_frozen_encoder_keeps_its_running_statistics(mvtec_root):
     # anomalib's RD4AD puts its encoder in eval mode inside forward: the normal-rows BatchNorm statistics of the
     # training step apply to the bottleneck and decoder only, and the encoder's features are its eval-mode ones

@@ -142,6 +142,7 @@ EXPECTED = {
     "mask_quarter": ((0.1, 0.2, 0.3), {"mask_threshold": 0.25}, True),
     "mask_fraction": ((0.1, 0.2, 0.3), {"mask_weighting": "fraction"}, True),
     "missed": ((0.1, 0.2, 0.3), {"calibrate": "missed"}, True),
+    "missed_no_spm": ((0.0, 0.2, 0.3), {"calibrate": "missed"}, True),
     "fusion_holdout": ((0.1, 0.2, 0.3), {}, True),
 }
 

@@ -197,7 +197,8 @@ class _ArcADTraining:
         with self._capturing():
             recon = self._reconstruction_loss(batch.image, normal)
             z = self._take_bottleneck_output()
-        out: ArcADOutput = self.arcad(z, masks=masks, labels=labels)
+        scores = self._inference_map(batch.image) if self.arcad.config.calibrate == "missed" else None
+        out: ArcADOutput = self.arcad(z, masks=masks, labels=labels, scores=scores)
         loss = recon + out.loss
         size = batch.image.shape[0]
         self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=size)
@@ -207,6 +208,17 @@ class _ArcADTraining:
         self.log("arcad_dgc", out.dgc.detach(), on_step=True, on_epoch=True, batch_size=size)
         self.log("arcad_cls", out.cls.detach(), on_step=True, on_epoch=True, batch_size=size)
         return {"loss": loss}
+
+    @torch.no_grad()
+    def _inference_map(self, images: Tensor) -> Tensor:
+        """anomalib's anomaly map of ``images`` as at inference (eval mode, no gradient): (B, 1, H, W), what
+        ``calibrate="missed"`` compares the defects with the normal images by."""
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            return self.model(images).anomaly_map
+        finally:
+            self.model.train(was_training)
 
     def configure_optimizers(self) -> Any:
         """The anomalib model's optimiser and schedule, with ArcAD's discriminator in a group the schedule drives.
