@@ -53,10 +53,10 @@ class Decision:
 #: The rows, in the order printed.
 DECISIONS: tuple[Decision, ...] = (
     Decision("rd4ad", _FILL, "magnetic_tile", "**use the paper's ArcAD**: `missed` gives up half its P-F1-max gain"),
-    Decision("dinomaly", _FILL, "magnetic_tile", "**use the paper's ArcAD**"),
+    Decision("dinomaly", _FILL, "magnetic_tile", "**use the paper's ArcAD**: `missed` keeps 70% of its I-AUROC gain"),
     Decision("recontrast", _FILL, "magnetic_tile", "**use the paper's ArcAD**"),
     Decision("rd4ad", _THIN_POOR, "kolektorsdd", "**use it**: the paper's ArcAD or `missed`, about level"),
-    Decision("dinomaly", _THIN_POOR, "kolektorsdd", "**use the paper's ArcAD**"),
+    Decision("dinomaly", _THIN_POOR, "kolektorsdd", "**use it**: the paper's ArcAD, or `missed` (80-89% of its gain)"),
     Decision("rd4ad", _THIN, "tire", "train without ArcAD (`missed`: level with the baseline, no gain)"),
     Decision("dinomaly", _THIN, "tire",
              "not established: small gains and losses, and on a thin-defect category outside this data the paper's "

@@ -40,17 +40,8 @@ import torch_arcad
 
 from ..config import BETAS, VIT_ENCODERS, ExperimentConfig
 from ..data import Batch
-from ..detector import (
-    Detector,
-    Reconstruction,
-    Setup,
-    StepOutput,
-    arcad_kwargs,
-    decoded_rows,
-    finish_step,
-    missed_only,
-    patch_scores,
-)
+from ..detector import Detector, Reconstruction, Setup, StepOutput, arcad_kwargs, decoded_rows, finish_step
+from ..detector import missed_only, patch_scores
 from ..encoders import CNNTokens, ViTTokens, build_cnn, build_vit
 from ..losses import global_cosine_loss
 from ..maps import cosine_distance_map, top_fraction_score, upsample

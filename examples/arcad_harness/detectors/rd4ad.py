@@ -34,17 +34,8 @@ import torch_arcad
 
 from ..config import BETAS, ExperimentConfig
 from ..data import Batch
-from ..detector import (
-    Detector,
-    Reconstruction,
-    Setup,
-    StepOutput,
-    arcad_kwargs,
-    decoded_rows,
-    finish_step,
-    missed_only,
-    patch_scores,
-)
+from ..detector import Detector, Reconstruction, Setup, StepOutput, arcad_kwargs, decoded_rows, finish_step
+from ..detector import missed_only, patch_scores
 from ..encoders import CNNFeatures, build_cnn
 from ..losses import pixel_cosine_loss
 from ..maps import cosine_distance_map, max_score, upsample
