@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
+import torch.distributed as dist
 from einops import rearrange
 from torch import Tensor
 
@@ -119,7 +120,9 @@ class PatchWeighting:
         return PatchWeights(flat_finite, normal, real, real_count, cls_real, cls_target, anomalous, marked, defective)
 
 
-def missed_anomalies(scores: Tensor, normal: Tensor, group: object = None, *, distributed: bool = False) -> Tensor:
+def missed_anomalies(
+    scores: Tensor, normal: Tensor, group: dist.ProcessGroup | None = None, *, distributed: bool = False
+) -> Tensor:
     """Which patches the detector's own score misses: a score no higher than the step's highest normal patch's.
 
     A defect patch scored above every normal patch of the step is already found by the detector; the others are
@@ -142,7 +145,7 @@ def missed_anomalies(scores: Tensor, normal: Tensor, group: object = None, *, di
     lowest = torch.finfo(scores.dtype).min
     highest = torch.where((normal > 0) & finite, scores, lowest).amax().reshape(1)
     if distributed:
-        highest = all_reduce_max(highest, group)  # type: ignore[arg-type]
+        highest = all_reduce_max(highest, group)
     highest = torch.where(highest > lowest, highest, torch.finfo(scores.dtype).max)  # no normal score: keep all
     return ((scores <= highest) | ~finite).float()
 

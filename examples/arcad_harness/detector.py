@@ -16,7 +16,6 @@ import warnings
 from typing import TYPE_CHECKING, NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 import torch_arcad
@@ -42,7 +41,7 @@ __all__ = [
     "init_prototypes_from_features",
     "load_example",
     "num_prototypes",
-    "patch_scores",
+    "inference_maps",
 ]
 
 #: At most this many features per prototype enter the offline k-means.
@@ -181,35 +180,31 @@ def decoded_rows(decode: Tensor | None, batch: int) -> Tensor | None:
     return torch.nonzero(decode.to(torch.bool)).flatten()
 
 
-#: ``patch_scores`` computes the anomaly map at this many times the patch grid before pooling it to the grid.
-SCORE_UPSAMPLING: int = 4
+#: ``inference_maps`` computes the anomaly map at this many times ``z``'s grid (ArcAD averages it per patch).
+MAP_UPSAMPLING: int = 4
 
 
 @torch.no_grad()
-def patch_scores(model: Detector, batch: Batch, z: Tensor) -> Tensor:
-    """The detector's own anomaly score of every patch of ``z``, as at inference: (Z, h, w) on ``z``'s grid.
+def inference_maps(model: Detector, batch: Batch, z: Tensor) -> Tensor:
+    """The detector's own anomaly maps of ``batch``, as at inference: (Z, 4 h, 4 w) for ``z``'s (h, w) grid.
 
-    What ``calibrate="missed"`` gives ArcAD (``arcad(z, ..., scores=patch_scores(model, batch, z))``): the model in
-    eval mode decodes every image of ``batch`` without gradient, and its anomaly map (at ``SCORE_UPSAMPLING`` times
-    the grid) is averaged over each patch. ``z`` is the step's bottleneck output; when it stacks several copies of
-    the batch (ReContrast-style: both branches, Z = 2B) the scores are repeated to match. Costs one forward pass
-    of the bottleneck and decoder per step, no backward pass.
+    What ``calibrate="missed"`` reads (``arcad(z, ..., scores=inference_maps(model, batch, z))``, which averages
+    them over each patch): the model in eval mode decodes every image of ``batch`` without gradient. ``z`` is the
+    step's bottleneck output; when it stacks several copies of the batch (ReContrast-style: both branches, Z = 2B)
+    the maps are repeated to match. Costs one forward pass of the bottleneck and decoder per step, no backward pass.
     """
-    _, grid = features_to_patches(z, getattr(model, "prefix_tokens", 0))
+    _, (h, w) = features_to_patches(z, model.prefix_tokens)
     was_training = model.training
     model.eval()
     try:
-        rec = model(batch.images, features=batch.features)
-        h, w = grid
-        maps = model.anomaly_map(rec, (SCORE_UPSAMPLING * h, SCORE_UPSAMPLING * w))
+        maps = model.anomaly_map(model(batch.images, features=batch.features), (MAP_UPSAMPLING * h, MAP_UPSAMPLING * w))
     finally:
         model.train(was_training)
-    scores = F.adaptive_avg_pool2d(maps.unsqueeze(1), grid).squeeze(1)
-    return scores.repeat(z.shape[0] // scores.shape[0], 1, 1)
+    return maps.repeat(z.shape[0] // maps.shape[0], 1, 1)
 
 
 def missed_only(arcad: torch_arcad.ArcAD | None) -> bool:
-    """Whether ``arcad`` calibrates only the defects the detector misses (it then needs :func:`patch_scores`)."""
+    """Whether ``arcad`` calibrates only the defects the detector misses (it then needs :func:`inference_maps`)."""
     return arcad is not None and arcad.config.calibrate == "missed"
 
 

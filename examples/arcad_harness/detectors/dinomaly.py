@@ -41,7 +41,7 @@ import torch_arcad
 from ..config import BETAS, VIT_ENCODERS, ExperimentConfig
 from ..data import Batch
 from ..detector import Detector, Reconstruction, Setup, StepOutput, arcad_kwargs, decoded_rows, finish_step
-from ..detector import missed_only, patch_scores
+from ..detector import inference_maps, missed_only
 from ..encoders import CNNTokens, ViTTokens, build_cnn, build_vit
 from ..losses import global_cosine_loss
 from ..maps import cosine_distance_map, top_fraction_score, upsample
@@ -177,7 +177,7 @@ def train_step(
     loss_recon = model.reconstruction_loss(rec, progress)
     loss, calibration = loss_recon, None
     if arcad is not None:
-        scores = patch_scores(model, batch, rec.z) if missed_only(arcad) else None
+        scores = inference_maps(model, batch, rec.z) if missed_only(arcad) else None
         calibration = arcad(rec.z, masks=masks, labels=labels, scores=scores)  # z: (B, prefix + h * w, D) tokens
         loss = loss_recon + calibration.loss  # ArcAD 3/3
     return finish_step(model, arcad, optimizer, loss, loss_recon, calibration, diagnose=diagnose)

@@ -35,7 +35,7 @@ import torch_arcad
 from ..config import BETAS, ExperimentConfig
 from ..data import Batch
 from ..detector import Detector, Reconstruction, Setup, StepOutput, arcad_kwargs, decoded_rows, finish_step
-from ..detector import missed_only, patch_scores
+from ..detector import inference_maps, missed_only
 from ..encoders import CNNFeatures, build_cnn
 from ..losses import pixel_cosine_loss
 from ..maps import cosine_distance_map, max_score, upsample
@@ -131,7 +131,7 @@ def train_step(
     loss_recon = model.reconstruction_loss(rec, progress)
     loss, calibration = loss_recon, None
     if arcad is not None:
-        scores = patch_scores(model, batch, rec.z) if missed_only(arcad) else None
+        scores = inference_maps(model, batch, rec.z) if missed_only(arcad) else None
         calibration = arcad(rec.z, masks=masks, labels=labels, scores=scores)  # z: (B, D, h, w), the whole batch
         loss = loss_recon + calibration.loss  # ArcAD 3/3
     return finish_step(model, arcad, optimizer, loss, loss_recon, calibration, diagnose=diagnose)

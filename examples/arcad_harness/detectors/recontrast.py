@@ -40,7 +40,7 @@ import torch_arcad
 from ..config import BETAS, ExperimentConfig
 from ..data import Batch
 from ..detector import Detector, Reconstruction, Setup, StepOutput, arcad_kwargs, decoded_rows, finish_step
-from ..detector import missed_only, patch_scores
+from ..detector import inference_maps, missed_only
 from ..encoders import CNNFeatures, build_cnn, trainable_copy
 from ..losses import global_cosine_loss
 from ..maps import cosine_distance_map, max_score, upsample
@@ -171,7 +171,7 @@ def train_step(
     loss, calibration = loss_recon, None
     if arcad is not None:
         # z stacks the two branches, (2B, D, h, w): masks and labels follow the stacking.
-        scores = patch_scores(model, batch, rec.z) if missed_only(arcad) else None
+        scores = inference_maps(model, batch, rec.z) if missed_only(arcad) else None
         calibration = arcad(
             rec.z, masks=masks.repeat(BRANCHES, 1, 1), labels=labels.repeat(BRANCHES), scores=scores
         )
